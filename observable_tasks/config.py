@@ -1,0 +1,93 @@
+"""TaskConfig: every knob of the task manager, validated when it is made."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+__all__ = ["TaskConfig"]
+
+_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """Configuration of a :class:`~observable_tasks.TaskManager`.
+
+    Every field of the documented page is here, plus ``shutdown_timeout``. Invalid values raise
+    ``ValueError`` naming the field, at construction.
+    """
+
+    max_concurrent_tasks: int = 100
+    """At most this many tasks run at once; the rest wait as PENDING, first come first served."""
+    default_timeout: float | None = None
+    """Seconds of execution (not waiting) before a task ends as TIMEOUT. ``None``: no limit."""
+    task_result_ttl: float = 3600.0
+    """Seconds a finished task stays in history."""
+    enable_task_history: bool = True
+    """Keep finished tasks findable. ``False`` forgets a task as soon as it finishes."""
+    log_level: int | str = logging.INFO
+    """Level of the library's own task log events (a name such as ``"INFO"`` or a number)."""
+    cleanup_interval: float = 60.0
+    """Seconds between sweeps that evict finished tasks older than ``task_result_ttl``."""
+    max_task_history: int = 10_000
+    """At most this many finished tasks are kept; the oldest are evicted first."""
+    shutdown_timeout: float = 30.0
+    """On shutdown, seconds running tasks get to finish before they are cancelled."""
+
+    def __post_init__(self) -> None:
+        _positive_int("max_concurrent_tasks", self.max_concurrent_tasks)
+        if self.default_timeout is not None:
+            _positive_number("default_timeout", self.default_timeout)
+        _positive_number("task_result_ttl", self.task_result_ttl)
+        _positive_number("cleanup_interval", self.cleanup_interval)
+        _positive_int("max_task_history", self.max_task_history, allow_zero=True)
+        _positive_number("shutdown_timeout", self.shutdown_timeout, allow_zero=True)
+        if not isinstance(self.enable_task_history, bool):
+            raise ValueError(
+                f"enable_task_history must be True or False, got {self.enable_task_history!r}"
+            )
+        # Normalise "info" / 20 to the int logging uses, rejecting unknown names.
+        object.__setattr__(self, "log_level", _level("log_level", self.log_level))
+
+    @property
+    def log_level_no(self) -> int:
+        """``log_level`` as a ``logging`` number."""
+        assert isinstance(self.log_level, int)
+        return self.log_level
+
+    def replace(self, **changes: Any) -> TaskConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def _positive_number(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "finite and >= 0" if allow_zero else "finite and > 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def _level(name: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a logging level name or number, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+        return value
+    if isinstance(value, str) and value.upper() in _LEVELS:
+        level = logging.getLevelName(value.upper())
+        assert isinstance(level, int)
+        return level
+    raise ValueError(f"{name} must be one of {sorted(_LEVELS)} or a number, got {value!r}")

@@ -1,0 +1,246 @@
+"""Nexios integration: ``setup_tasks``, the module-level ``create_task``, ``TaskDependency``."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import nexios
+from nexios import Context, Depend, NexiosApp
+from nexios.http import Request
+
+from observable_tasks._awaitable import Done
+from observable_tasks.config import TaskConfig
+from observable_tasks.current import all_managers, current_manager, last_manager, remember_manager
+from observable_tasks.errors import NoTaskManagerError, TaskNotFoundError
+from observable_tasks.manager import TaskManager, check_progress
+from observable_tasks.middleware import TaskMiddleware, TaskObserver
+from observable_tasks.status import TaskStatus
+from observable_tasks.task import Task
+
+__all__ = [
+    "setup_tasks",
+    "get_task_manager",
+    "create_task",
+    "update_task_progress",
+    "TaskDependency",
+]
+
+_managers_by_app: weakref.WeakKeyDictionary[NexiosApp, TaskManager] = weakref.WeakKeyDictionary()
+
+STATE_KEY = "task_manager"
+"""Key of the manager in ``app.state`` (for handlers that prefer to look it up there)."""
+
+
+def setup_tasks(
+    app: NexiosApp,
+    config: TaskConfig | None = None,
+    *,
+    middleware: Iterable[TaskMiddleware] = (),
+    observers: Iterable[TaskObserver] = (),
+) -> TaskManager:
+    """Give ``app`` a task manager tied to its lifespan, and return it.
+
+    Works with ``on_startup``/``on_shutdown`` apps and with ``NexiosApp(lifespan=...)`` apps (the
+    lifespan is wrapped: the manager starts before it and shuts down after it). Calling it again
+    for the same app returns the same manager.
+    """
+    existing = _managers_by_app.get(app)
+    if existing is not None:
+        if config is not None and config != existing.config:
+            warnings.warn(
+                "setup_tasks() was already called for this app; the new config is ignored",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return existing
+    manager = TaskManager(config, middleware=middleware, observers=observers)
+    _managers_by_app[app] = manager
+    app.state[STATE_KEY] = manager
+    remember_manager(manager, as_default=True)
+    _attach_lifespan(app, manager)
+    return manager
+
+
+def _attach_lifespan(app: NexiosApp, manager: TaskManager) -> None:
+    user_lifespan = app.lifespan_context
+    if user_lifespan is not None:
+        # NexiosApp(lifespan=...) ignores on_startup/on_shutdown hooks, so wrap the lifespan.
+        @contextlib.asynccontextmanager
+        async def lifespan(app_: NexiosApp) -> AsyncIterator[Any]:
+            await manager.start()
+            try:
+                async with user_lifespan(app_) as state:
+                    yield state
+            finally:
+                await manager.shutdown()
+
+        app.lifespan_context = lifespan
+        return
+
+    async def start_tasks() -> None:
+        await manager.start()
+
+    async def stop_tasks() -> None:
+        await manager.shutdown()
+
+    # Start before the user's own startup hooks, so that they may create tasks.
+    app.on_startup(start_tasks)
+    handlers = getattr(app, "startup_handlers", None)
+    if isinstance(handlers, list) and handlers and handlers[-1] is start_tasks:
+        handlers.insert(0, handlers.pop())
+    app.on_shutdown(stop_tasks)
+
+
+def get_task_manager(app: NexiosApp | None = None) -> TaskManager:
+    """The manager for ``app``; without an app, the one :func:`create_task` would use."""
+    if app is not None:
+        manager = _managers_by_app.get(app)
+        if manager is None:
+            raise NoTaskManagerError("this app has no task manager: call setup_tasks(app) first")
+        return manager
+    return _resolve_manager()
+
+
+def _manager_of_request(request: Request) -> TaskManager | None:
+    scope = request.scope
+    for key in ("base_app", "app"):
+        app = scope.get(key)
+        if app is not None:
+            try:
+                manager = _managers_by_app.get(app)
+            except TypeError:  # unhashable or not weak-referenceable
+                manager = None
+            if manager is not None:
+                return manager
+    return None
+
+
+def _resolve_manager() -> TaskManager:
+    ctx = nexios.get_current_context()
+    request = getattr(ctx, "request", None) if ctx is not None else None
+    if request is not None:
+        manager = _manager_of_request(request)
+        if manager is not None:
+            return manager
+    manager = current_manager() or last_manager()
+    if manager is None:
+        raise NoTaskManagerError(
+            "no task manager found: call setup_tasks(app) at start-up "
+            "(or create a TaskManager and use its create_task method)"
+        )
+    return manager
+
+
+def create_task(*args: Any, **kwargs: Any) -> Done[Task]:
+    """Create a background task: ``await create_task(func, *args, name=..., timeout=..., **kw)``.
+
+    Also accepts ``create_task(func=..., ...)``. The manager is found from the current request
+    (the app given to ``setup_tasks``), else the running task's manager, else the manager set up
+    most recently. The deprecated ``create_task(request=request, func=...)`` and
+    ``create_task(request, func, ...)`` forms still work and warn.
+    """
+    request = kwargs.get("request")
+    manager: TaskManager | None = None
+    if isinstance(request, Request):
+        del kwargs["request"]
+    elif args and isinstance(args[0], Request):
+        request, args = args[0], args[1:]
+    else:
+        request = None
+    if request is not None:
+        warnings.warn(
+            "passing request to create_task() is deprecated: call create_task(func, ...) and "
+            "the manager is found from the current request context",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        manager = _manager_of_request(request)
+    if "func" in kwargs:
+        func = kwargs.pop("func")
+    elif args:
+        func, args = args[0], args[1:]
+    else:
+        raise TypeError("create_task() missing the function to run (func)")
+    if manager is None:
+        manager = _resolve_manager()
+    return manager.create_task(func, *args, **kwargs)
+
+
+def update_task_progress(task_id: str, progress: float) -> Done[None]:
+    """Set a task's progress (0-100): ``await update_task_progress(task_id, 42.0)``.
+
+    Safe to call (without ``await``) from a sync task running in a worker thread. ``ValueError``
+    for NaN or values outside 0-100, :class:`~observable_tasks.TaskNotFoundError` (a
+    ``LookupError``) for an unknown id.
+    """
+    for manager in _candidate_managers():
+        if manager.get_task(task_id) is not None:
+            manager.update_progress(task_id, progress)
+            return Done(None)
+    check_progress(progress)  # a bad value is reported as such even for an unknown id
+    raise TaskNotFoundError(task_id)
+
+
+def _candidate_managers() -> list[TaskManager]:
+    first = current_manager()
+    rest = [m for m in all_managers() if m is not first]
+    return [first, *rest] if first is not None else rest
+
+
+class TaskDependency(Depend):
+    """Inject the task manager: ``task_dep: TaskDependency = TaskDependency()`` as a default.
+
+    In the handler the parameter is a ``TaskDependency`` bound to the manager, with ``create``,
+    ``get_task``, ``list_tasks``, ``wait_for_task``, ``cancel_task`` and ``update_progress``.
+    """
+
+    def __init__(self, manager: TaskManager | None = None) -> None:
+        super().__init__(self._provide)
+        self._manager = manager
+
+    def _provide(self, ctx: Context = Context()) -> TaskDependency:  # noqa: B008 - Nexios DI
+        request = getattr(ctx, "request", None)
+        manager = _manager_of_request(request) if request is not None else None
+        return TaskDependency(manager or _resolve_manager())
+
+    @property
+    def manager(self) -> TaskManager:
+        """The task manager this handle is bound to."""
+        if self._manager is None:
+            self._manager = _resolve_manager()
+        return self._manager
+
+    def create(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Done[Task]:
+        """``await task_dep.create(func, ..., name=...)``: same as ``create_task``."""
+        return self.manager.create_task(func, *args, name=name, timeout=timeout, **kwargs)
+
+    def get_task(self, task_id: str) -> Task | None:
+        """The task with this id, or ``None``."""
+        return self.manager.get_task(task_id)
+
+    def list_tasks(self, status: TaskStatus | str | None = None) -> list[Task]:
+        """All known tasks, optionally filtered by status."""
+        return self.manager.list_tasks(status)
+
+    async def wait_for_task(self, task_id: str, timeout: float | None = None) -> Task:
+        """Wait until the task finishes (see :meth:`TaskManager.wait_for_task`)."""
+        return await self.manager.wait_for_task(task_id, timeout)
+
+    async def cancel_task(self, task_id: str) -> bool:
+        """Cancel a pending or running task (see :meth:`TaskManager.cancel_task`)."""
+        return await self.manager.cancel_task(task_id)
+
+    def update_progress(self, task_id: str, progress: float) -> None:
+        """Set a task's progress (0-100)."""
+        self.manager.update_progress(task_id, progress)

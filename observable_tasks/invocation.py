@@ -1,0 +1,132 @@
+"""What to run for a task: the callable and its arguments, checked at creation.
+
+Kept apart from :class:`~observable_tasks.task.Task` so that a task record never needs the Python
+callable (a cross-process backend refers to functions by import path instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Invocation", "prepare", "function_name"]
+
+_SIGNATURES: dict[types.CodeType, inspect.Signature] = {}
+_MAX_CACHED = 4096
+
+
+class Invocation:
+    """A callable with bound arguments, ready to run once."""
+
+    __slots__ = ("args", "func", "is_async", "kwargs", "wants_task_id")
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_async: bool,
+        wants_task_id: bool,
+    ) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.is_async = is_async
+        self.wants_task_id = wants_task_id
+
+    async def run(self, task_id: str) -> Any:
+        """Call the function (sync ones in a worker thread) and return its result."""
+        kwargs = self.kwargs
+        if self.wants_task_id:
+            kwargs = {**kwargs, "task_id": task_id}
+        if self.is_async:
+            return await self.func(*self.args, **kwargs)
+        # to_thread copies the context: the task's span and log bindings follow into the thread.
+        result = await asyncio.to_thread(self.func, *self.args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def function_name(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of a callable (unwrapping partials): bounded, fit for a metric label."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    module = getattr(func, "__module__", None) or type(func).__module__
+    return f"{module}.{qualname}" if module else qualname
+
+
+def prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation:
+    """Check that ``func(*args, **kwargs)`` is a valid call, without calling it.
+
+    Raises ``TypeError`` with a clear message for a coroutine object, a non-callable, or
+    arguments that do not fit the function's signature.
+    """
+    if inspect.iscoroutine(func):
+        func.close()  # we will never await it; closing avoids a "never awaited" warning
+        raise TypeError(
+            "create_task() needs the function, not a coroutine object: "
+            "write create_task(work, x) instead of create_task(work(x))"
+        )
+    if not callable(func):
+        raise TypeError(f"create_task() needs a callable, got {type(func).__name__}: {func!r}")
+    sig = _signature(func)
+    wants_task_id = False
+    if sig is not None:
+        params = sig.parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(k for k in kwargs if k not in params)
+            if unknown:
+                raise TypeError(
+                    f"{function_name(func)}{sig} has no parameter(s) {', '.join(unknown)}; "
+                    "create_task() itself only takes name= and timeout="
+                )
+        wants_task_id = (
+            "task_id" in params
+            and "task_id" not in kwargs
+            and params["task_id"].kind
+            in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        )
+        try:
+            if wants_task_id:
+                try:
+                    sig.bind(*args, **kwargs, task_id="")
+                except TypeError:
+                    # task_id was given positionally: the caller chose it, do not inject.
+                    sig.bind(*args, **kwargs)
+                    wants_task_id = False
+            else:
+                sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(
+                f"cannot call {function_name(func)}{sig} with the given arguments: {exc}"
+            ) from None
+    return Invocation(func, args, kwargs, _is_async(func), wants_task_id)
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    # Signatures of plain functions are cached by code object: closures made per request share one.
+    code = func.__code__ if isinstance(func, types.FunctionType) else None
+    if code is not None:
+        cached = _SIGNATURES.get(code)
+        if cached is not None:
+            return cached
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None  # some builtins have no signature: let the call itself check
+    if code is not None and len(_SIGNATURES) < _MAX_CACHED:
+        _SIGNATURES[code] = sig
+    return sig

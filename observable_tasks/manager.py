@@ -1,0 +1,642 @@
+"""TaskManager: creates, limits, times out, cancels, remembers and forgets background tasks.
+
+It knows nothing of telemetry: tracing, metrics and logs attach as middleware and observers
+(:mod:`observable_tasks.middleware`), exactly as a user's own would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import enum
+import inspect
+import logging
+import math
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from observable_tasks._awaitable import Done
+from observable_tasks.config import TaskConfig
+from observable_tasks.current import remember_manager, set_current
+from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError, TaskTimeoutError
+from observable_tasks.invocation import Invocation, function_name, prepare
+from observable_tasks.middleware import (
+    TaskMiddleware,
+    TaskObserver,
+    build_chain,
+    guard,
+    outcome_status,
+)
+from observable_tasks.status import TaskStatus, check_transition
+from observable_tasks.task import Task
+
+__all__ = ["TaskManager", "TaskCallback", "check_progress"]
+
+logger = logging.getLogger("observable_tasks")
+
+TaskCallback = Callable[[Task], Awaitable[None] | None]
+"""Called with the task once it reaches a final status (sync or async)."""
+
+_HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
+
+
+def check_progress(progress: object) -> None:
+    """``ValueError`` unless ``progress`` is a number from 0 to 100 (NaN is rejected)."""
+    if isinstance(progress, bool) or not isinstance(progress, (int, float)):
+        raise ValueError(f"progress must be a number from 0 to 100, got {progress!r}")
+    if not (0.0 <= progress <= 100.0):  # written this way so that NaN fails too
+        raise ValueError(f"progress must be from 0 to 100, got {progress!r}")
+
+
+def _ended_cancelled(task: Task) -> bool:
+    # A function of its own: mypy would keep the status narrowed across the await otherwise.
+    return task.status is TaskStatus.CANCELLED
+
+
+class _State(enum.Enum):
+    IDLE = "idle"  # usable, started lazily by the first task
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Job:
+    """Execution-side state of one task, private to the manager."""
+
+    __slots__ = (
+        "aio",
+        "callbacks",
+        "error",
+        "has_outcome",
+        "invocation",
+        "result",
+        "task",
+        "timed_out",
+        "waiters",
+    )
+
+    def __init__(self, task: Task, invocation: Invocation) -> None:
+        self.task = task
+        self.invocation: Invocation | None = invocation
+        self.aio: asyncio.Task[None] | None = None
+        self.waiters: list[asyncio.Future[None]] = []
+        self.callbacks: list[TaskCallback] = []
+        self.timed_out = False
+        self.has_outcome = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def record(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.has_outcome = True
+        self.result = result
+        self.error = error
+
+
+class TaskManager:
+    """Runs background tasks with a concurrency limit, timeouts, cancellation and history.
+
+    ``TaskManager(config)`` works standalone (no app needed); ``setup_tasks(app)`` makes one and
+    ties it to the app's lifespan. Methods are meant to be called on the event loop the manager
+    runs on, except :meth:`submit`, :meth:`create_task` and :meth:`update_progress`, which are
+    also safe from other threads (e.g. a sync task running in a worker thread).
+    """
+
+    def __init__(
+        self,
+        config: TaskConfig | None = None,
+        *,
+        middleware: Iterable[TaskMiddleware] = (),
+        observers: Iterable[TaskObserver] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if config is not None and not isinstance(config, TaskConfig):
+            raise TypeError(f"config must be a TaskConfig, got {type(config).__name__}")
+        self.config = config if config is not None else TaskConfig()
+        self._clock = clock
+        self._middleware: list[tuple[str, TaskMiddleware]] = []
+        self._chain: Callable[[Task], Awaitable[Any]] | None = None
+        self._observers: list[TaskObserver] = []
+        self._jobs: dict[str, _Job] = {}
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._running: dict[str, _Job] = {}
+        self._history: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state = _State.IDLE
+        self._cleanup_handle: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self.internal_errors: collections.Counter[str] = collections.Counter()
+        """Failures inside middleware, observers and callbacks, by component name."""
+        for mw in middleware:
+            self.add_middleware(mw)
+        for obs in observers:
+            self.add_observer(obs)
+        remember_manager(self, as_default=False)
+
+    # -- extension points ---------------------------------------------------------------------
+
+    def add_middleware(self, middleware: TaskMiddleware, *, name: str | None = None) -> None:
+        """Add a task middleware; the first added is the outermost. Failsafe (see module doc)."""
+        if not callable(middleware):
+            raise TypeError(f"middleware must be callable, got {middleware!r}")
+        label = name or getattr(middleware, "__name__", None) or type(middleware).__name__
+        self._middleware.append((label, guard(middleware, label, self._report)))
+        self._chain = None
+
+    def add_observer(self, observer: TaskObserver) -> None:
+        """Add a lifecycle observer (created, cancelled while pending, progress, evicted)."""
+        self._observers.append(observer)
+
+    @property
+    def middleware_names(self) -> list[str]:
+        """Names of the installed middleware, outermost first."""
+        return [name for name, _ in self._middleware]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def is_accepting(self) -> bool:
+        """False while shutting down and after shutdown (until :meth:`start`)."""
+        return self._state in (_State.IDLE, _State.RUNNING)
+
+    async def start(self) -> None:
+        """Bind to the running event loop and start the history sweeper (also after a shutdown)."""
+        loop = asyncio.get_running_loop()
+        if self._state is _State.RUNNING and self._loop is loop:
+            return
+        if self._state is _State.CLOSING:
+            raise TaskManagerClosedError("cannot start a TaskManager while it is shutting down")
+        self._bind(loop)
+        self._state = _State.RUNNING
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting tasks, cancel pending ones, give running ones ``timeout`` seconds
+        (default ``config.shutdown_timeout``) to finish, then cancel the rest.
+
+        Every task ends in a final status. The manager can be started again afterwards.
+        """
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            return
+        self._state = _State.CLOSING
+        try:
+            if self._cleanup_handle is not None:
+                self._cleanup_handle.cancel()
+                self._cleanup_handle = None
+            for job in list(self._pending):
+                self._cancel_pending(job)
+            grace = self.config.shutdown_timeout if timeout is None else timeout
+            running = [job.aio for job in self._running.values() if job.aio is not None]
+            if running:
+                _, late = await asyncio.wait(running, timeout=grace)
+                for aio in late:
+                    aio.cancel()
+                if late:
+                    # Cancelled tasks normally unwind at once; one that ignores cancellation is
+                    # marked CANCELLED anyway so that shutdown always ends.
+                    await asyncio.wait(late, timeout=max(1.0, grace))
+                    for job in list(self._running.values()):
+                        if job.aio in late:
+                            self._finish(job, forced=True)
+            if self._background:
+                await asyncio.wait(list(self._background), timeout=max(1.0, grace))
+        finally:
+            self._state = _State.CLOSED
+
+    # -- creating tasks -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Task:
+        """Create a task and schedule it; returns at once. Safe to call from any thread.
+
+        ``name`` is the display name (default: the function's name); ``timeout`` overrides
+        ``config.default_timeout``. Other arguments go to ``func``. Raises ``TypeError`` for a
+        non-callable, a coroutine object or arguments that do not fit ``func``, ``ValueError``
+        for a bad timeout, and :class:`TaskManagerClosedError` during shutdown.
+        """
+        if not self.is_accepting:
+            raise TaskManagerClosedError(
+                "the TaskManager is shutting down (or shut down) and accepts no new tasks"
+            )
+        invocation = prepare(func, args, kwargs)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        if timeout is None:
+            timeout = self.config.default_timeout
+        elif (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        in_loop = self._on_loop_thread()
+        fn = function_name(func)
+        task = Task(
+            id=uuid.uuid4().hex,
+            name=name or fn.rpartition(".")[2],
+            function=fn,
+            created_at=datetime.now(timezone.utc),
+            timeout=timeout,
+            _mono_created=self._clock(),
+        )
+        job = _Job(task, invocation)
+        with self._lock:
+            self._jobs[task.id] = job
+        self._notify("on_created", task)
+        if in_loop:
+            self._admit(job)
+        else:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._admit, job)
+        return task
+
+    def create_task(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Done[Task]:
+        """``await manager.create_task(func, *args, name=..., timeout=..., **kwargs)``.
+
+        The task is created when this is called (errors are raised right here), so the call
+        also works un-awaited from a worker thread: ``manager.create_task(f).result()``.
+        """
+        return Done(self.submit(func, *args, name=name, timeout=timeout, **kwargs))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> Task | None:
+        """The task with this id, or ``None`` if unknown or evicted."""
+        job = self._jobs.get(task_id)
+        return job.task if job is not None else None
+
+    def list_tasks(self, status: TaskStatus | str | None = None) -> list[Task]:
+        """All known tasks in creation order, optionally only those with ``status``."""
+        tasks = [job.task for job in list(self._jobs.values())]
+        if status is None:
+            return tasks
+        wanted = TaskStatus(status)
+        return [task for task in tasks if task.status is wanted]
+
+    @property
+    def running_count(self) -> int:
+        """Tasks executing now."""
+        return len(self._running)
+
+    @property
+    def pending_count(self) -> int:
+        """Tasks waiting for a slot."""
+        return len(self._pending)
+
+    def running_tasks(self) -> list[Task]:
+        """Tasks executing now."""
+        return [job.task for job in list(self._running.values())]
+
+    def pending_tasks(self) -> list[Task]:
+        """Tasks waiting for a slot, first in line first."""
+        return [job.task for job in list(self._pending)]
+
+    # -- acting on tasks ----------------------------------------------------------------------
+
+    async def wait_for_task(self, task_id: str, timeout: float | None = None) -> Task:
+        """Wait until the task has a final status and return it.
+
+        Does not raise because the task failed (read ``task.status``/``task.error``). Raises
+        :class:`TaskNotFoundError` for an unknown id and ``TimeoutError`` if ``timeout`` seconds
+        pass first (the task itself is not affected).
+        """
+        job = self._jobs.get(task_id)
+        if job is None:
+            raise TaskNotFoundError(task_id)
+        if job.task.is_done:
+            return job.task
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        job.waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"task {task_id} did not finish within {timeout:g}s (it keeps running)"
+            ) from None
+        finally:
+            if waiter in job.waiters:
+                job.waiters.remove(waiter)
+        return job.task
+
+    async def cancel_task(self, task_id: str) -> bool:
+        """Cancel a pending or running task; True if it ended CANCELLED.
+
+        A pending task is cancelled at once. A running one receives ``CancelledError`` and this
+        waits until it has unwound. Finished or unknown tasks: False.
+        """
+        job = self._jobs.get(task_id)
+        if job is None:
+            return False
+        if job.task.status is TaskStatus.PENDING:
+            self._cancel_pending(job)
+            return True
+        aio = job.aio
+        if job.task.status is not TaskStatus.RUNNING or aio is None:
+            return False
+        aio.cancel()
+        if asyncio.current_task() is aio:
+            return True  # a task cancelling itself: it unwinds at its next await
+        await asyncio.wait({aio})
+        return _ended_cancelled(job.task)
+
+    def update_progress(self, task_id: str, progress: float) -> None:
+        """Set a task's progress (0-100). Safe from any thread.
+
+        ``ValueError`` for NaN or a value outside 0-100; :class:`TaskNotFoundError` for an
+        unknown id. Updates to a task that already finished are ignored.
+        """
+        check_progress(progress)
+        job = self._jobs.get(task_id)
+        if job is None:
+            raise TaskNotFoundError(task_id)
+        if job.task.is_done:
+            return
+        job.task.progress = float(progress)
+        self._notify("on_progress", job.task, float(progress))
+
+    def add_callback(self, task: Task | str, callback: TaskCallback) -> None:
+        """Call ``callback(task)`` once the task finishes (at once if it already has).
+
+        Async callbacks run as background tasks. A callback that raises is logged and counted,
+        and changes nothing about the task.
+        """
+        job = self._job_for(task)
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        if job.task.is_done:
+            self._run_callback(callback, job.task)
+        else:
+            job.callbacks.append(callback)
+
+    def remove_callback(self, task: Task | str, callback: TaskCallback) -> bool:
+        """Remove a callback added with :meth:`add_callback`; False if it was not there."""
+        job = self._jobs.get(task.id if isinstance(task, Task) else task)
+        if job is None or callback not in job.callbacks:
+            return False
+        job.callbacks.remove(callback)
+        return True
+
+    def cleanup(self) -> int:
+        """Evict finished tasks older than ``task_result_ttl`` now; returns how many."""
+        cutoff = self._clock() - self.config.task_result_ttl
+        evicted = 0
+        while self._history:
+            task_id, finished = next(iter(self._history.items()))
+            if finished > cutoff:
+                break
+            self._evict(task_id)
+            evicted += 1
+        return evicted
+
+    # -- internals: scheduling ----------------------------------------------------------------
+
+    def _on_loop_thread(self) -> bool:
+        """Bind to the running loop if we may; True when called on the manager's loop."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and loop is self._loop:
+            return True
+        bound = self._loop
+        if loop is not None and (bound is None or bound.is_closed() or not self._jobs_active()):
+            self._bind(loop)
+            return True
+        if bound is None or bound.is_closed():
+            raise RuntimeError(
+                "this TaskManager has no running event loop yet: create the first task from "
+                "async code (or call 'await manager.start()')"
+            )
+        return False
+
+    def _jobs_active(self) -> bool:
+        return bool(self._running or self._pending)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        if self._cleanup_handle is not None:
+            self._cleanup_handle.cancel()
+        self._cleanup_handle = loop.call_later(self.config.cleanup_interval, self._cleanup_tick)
+
+    def _cleanup_tick(self) -> None:
+        try:
+            self.cleanup()
+        except Exception as exc:  # never let the sweeper die
+            self._report("cleanup", exc)
+        if self._state in (_State.IDLE, _State.RUNNING) and self._loop is not None:
+            self._cleanup_handle = self._loop.call_later(
+                self.config.cleanup_interval, self._cleanup_tick
+            )
+
+    def _admit(self, job: _Job) -> None:
+        if job.task.status is not TaskStatus.PENDING:
+            return  # cancelled before it was admitted
+        if not self.is_accepting:
+            self._cancel_pending(job)
+        elif len(self._running) < self.config.max_concurrent_tasks:
+            self._start(job)
+        else:
+            self._pending.append(job)
+
+    def _start(self, job: _Job) -> None:
+        task = job.task
+        check_transition(task.status, TaskStatus.RUNNING)
+        task.status = TaskStatus.RUNNING
+        task._mono_started = self._clock()
+        task.started_at = datetime.now(timezone.utc)
+        self._running[task.id] = job
+        assert self._loop is not None
+        # A fresh context: a task must not inherit whatever the creating request (or the task
+        # that freed its slot) had current. Middleware sets up what the task should see.
+        ctx = contextvars.Context()
+        if _HAS_TASK_CONTEXT:
+            job.aio = self._loop.create_task(self._run(job), context=ctx)  # type: ignore[call-arg]
+        else:  # pragma: no cover - Python 3.10
+            job.aio = ctx.run(self._loop.create_task, self._run(job))
+
+    async def _run(self, job: _Job) -> None:
+        set_current(self, job.task)
+        chain = self._chain
+        if chain is None:
+            chain = self._chain = build_chain([mw for _, mw in self._middleware], self._execute)
+        try:
+            await chain(job.task)
+        except (Exception, asyncio.CancelledError) as exc:
+            if not job.has_outcome:
+                job.record(error=exc)
+        except BaseException as exc:  # KeyboardInterrupt/SystemExit: record, then let it go
+            if not job.has_outcome:
+                job.record(error=exc)
+            self._finish(job)
+            raise
+        self._finish(job)
+
+    async def _execute(self, task: Task) -> Any:
+        """Innermost link of the chain: run the function under its timeout, record the outcome."""
+        job = self._running[task.id]
+        invocation = job.invocation
+        assert invocation is not None
+        assert self._loop is not None
+        handle = None
+        if task.timeout is not None:
+            handle = self._loop.call_later(task.timeout, self._expire, job)
+        try:
+            result = await invocation.run(task.id)
+        except asyncio.CancelledError as exc:
+            if job.timed_out:
+                current = asyncio.current_task()
+                if current is not None and hasattr(current, "uncancel"):
+                    current.uncancel()
+                assert task.timeout is not None
+                error = TaskTimeoutError(task.timeout)
+                job.record(error=error)
+                raise error from None
+            job.record(error=exc)
+            raise
+        except BaseException as exc:
+            job.record(error=exc)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        job.record(result=result)
+        return result
+
+    def _expire(self, job: _Job) -> None:
+        if job.aio is not None and not job.task.is_done:
+            job.timed_out = True
+            job.aio.cancel()
+
+    # -- internals: endings -------------------------------------------------------------------
+
+    def _cancel_pending(self, job: _Job) -> None:
+        task = job.task
+        check_transition(task.status, TaskStatus.CANCELLED)
+        with contextlib.suppress(ValueError):  # not admitted yet (created from another thread)
+            self._pending.remove(job)
+        task.status = TaskStatus.CANCELLED
+        task._mono_finished = self._clock()
+        task.completed_at = datetime.now(timezone.utc)
+        self._notify("on_cancelled_pending", task)
+        self._settle(job)
+
+    def _finish(self, job: _Job, *, forced: bool = False) -> None:
+        task = job.task
+        if task.is_done:
+            return  # already forced to CANCELLED during shutdown
+        if forced or not job.has_outcome:
+            status = TaskStatus.CANCELLED
+        else:
+            status = outcome_status(job.error)
+        check_transition(task.status, status)
+        task._mono_finished = self._clock()
+        task.completed_at = datetime.now(timezone.utc)
+        if status is TaskStatus.COMPLETED:
+            task.result = job.result
+        elif status is not TaskStatus.CANCELLED:
+            task.error = job.error
+        task.status = status
+        self._running.pop(task.id, None)
+        self._settle(job)
+        self._admit_next()
+
+    def _admit_next(self) -> None:
+        limit = self.config.max_concurrent_tasks
+        while self._pending and len(self._running) < limit and self.is_accepting:
+            self._start(self._pending.popleft())
+
+    def _settle(self, job: _Job) -> None:
+        """Common ending: wake waiters, run callbacks, file into history (or forget)."""
+        job.invocation = None  # drop references to arguments as soon as possible
+        job.aio = None
+        for waiter in job.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        job.waiters.clear()
+        for callback in job.callbacks:
+            self._run_callback(callback, job.task)
+        job.callbacks.clear()
+        task_id = job.task.id
+        if not self.config.enable_task_history or self.config.max_task_history == 0:
+            self._evict(task_id)
+            return
+        self._history[task_id] = job.task._mono_finished or self._clock()
+        while len(self._history) > self.config.max_task_history:
+            self._evict(next(iter(self._history)))
+        self.cleanup()  # TTL on completion too: cheap, it stops at the first young task
+
+    def _evict(self, task_id: str) -> None:
+        self._history.pop(task_id, None)
+        with self._lock:
+            job = self._jobs.pop(task_id, None)
+        if job is not None:
+            self._notify("on_evicted", job.task)
+
+    # -- internals: failsafe hooks ------------------------------------------------------------
+
+    def _job_for(self, task: Task | str) -> _Job:
+        task_id = task.id if isinstance(task, Task) else task
+        job = self._jobs.get(task_id)
+        if job is None:
+            raise TaskNotFoundError(task_id)
+        return job
+
+    def _notify(self, hook: str, task: Task, *args: Any) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, hook)(task, *args)
+            except Exception as exc:
+                self._report(f"{type(observer).__name__}.{hook}", exc)
+
+    def _run_callback(self, callback: TaskCallback, task: Task) -> None:
+        try:
+            outcome = callback(task)
+            if inspect.isawaitable(outcome):
+                bg = asyncio.ensure_future(outcome)
+                self._background.add(bg)
+                bg.add_done_callback(self._callback_done)
+        except Exception as exc:
+            self._report("callback", exc)
+
+    def _callback_done(self, bg: asyncio.Future[Any]) -> None:
+        self._background.discard(bg)
+        if not bg.cancelled() and bg.exception() is not None:
+            exc = bg.exception()
+            assert exc is not None
+            self._report("callback", exc)
+
+    def _report(self, component: str, exc: BaseException) -> None:
+        """A failure in telemetry or user hooks: count it and log it, never fail the task."""
+        self.internal_errors[component] += 1
+        logger.warning(
+            "observable_tasks: %s raised %s: %s (the task is not affected)",
+            component,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<TaskManager {self._state.value} running={len(self._running)} "
+            f"pending={len(self._pending)} known={len(self._jobs)}>"
+        )

@@ -1,0 +1,140 @@
+"""The seam telemetry (and users) attach to: task middleware and lifecycle observers.
+
+A *middleware* wraps one task's execution: ``async def mw(task, call_next) -> result``. It runs in
+the task's own context, so whatever it makes current (a span, log bindings) is current while the
+task function runs. Middleware cannot change a task's outcome: only the function decides it, and a
+middleware that raises in its own code is reported (log + ``TaskManager.internal_errors``), never
+turned into a failed task.
+
+An *observer* hears about events outside execution (created, cancelled while pending, progress,
+evicted). Its hooks are plain synchronous methods and are failsafe in the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from observable_tasks.errors import TaskTimeoutError
+from observable_tasks.status import TaskStatus
+
+if TYPE_CHECKING:
+    from observable_tasks.task import Task
+
+__all__ = [
+    "CallNext",
+    "TaskMiddleware",
+    "TaskObserver",
+    "ErrorReporter",
+    "outcome_status",
+    "guard",
+    "build_chain",
+]
+
+CallNext = Callable[[], Awaitable[Any]]
+"""Runs the rest of the chain (and finally the task function); returns its result."""
+
+TaskMiddleware = Callable[["Task", CallNext], Awaitable[Any]]
+"""``async def mw(task, call_next)``: wrap one task's execution."""
+
+ErrorReporter = Callable[[str, BaseException], None]
+"""Receives ``(component, exception)`` for a failure inside telemetry or user hooks."""
+
+
+class TaskObserver:
+    """Lifecycle hooks for events that happen outside execution. Override the ones you need.
+
+    Hooks are called synchronously. ``on_created`` runs in the creator's context (inside the
+    request that created the task), which is where a tracer starts its "send" span.
+    """
+
+    def on_created(self, task: Task) -> None:
+        """A task was accepted (still PENDING)."""
+
+    def on_cancelled_pending(self, task: Task) -> None:
+        """A task was cancelled before it ever started (``cancel_task`` or shutdown)."""
+
+    def on_progress(self, task: Task, progress: float) -> None:
+        """``update_task_progress`` set a new value."""
+
+    def on_evicted(self, task: Task) -> None:
+        """A finished task left history (TTL, ``max_task_history`` or history disabled)."""
+
+
+def outcome_status(error: BaseException | None) -> TaskStatus:
+    """The final status an execution ends with, given what ``call_next`` raised (or ``None``)."""
+    if error is None:
+        return TaskStatus.COMPLETED
+    if isinstance(error, TaskTimeoutError):
+        return TaskStatus.TIMEOUT
+    if isinstance(error, asyncio.CancelledError):
+        return TaskStatus.CANCELLED
+    return TaskStatus.FAILED
+
+
+def guard(middleware: TaskMiddleware, name: str, report: ErrorReporter) -> TaskMiddleware:
+    """Wrap ``middleware`` so that its own failures can never change the task's outcome.
+
+    - raises before calling ``call_next``: reported, and the rest of the chain still runs;
+    - returns without calling ``call_next``: reported, and the rest of the chain still runs;
+    - raises something other than what ``call_next`` raised, or swallows/replaces the outcome:
+      reported (if it raised), and the true outcome is restored.
+    """
+
+    async def guarded(task: Task, call_next: CallNext) -> Any:
+        called = finished = False
+        result: Any = None
+        error: BaseException | None = None
+
+        async def next_once() -> Any:
+            nonlocal called, finished, result, error
+            if called:
+                raise RuntimeError(f"middleware {name} called call_next twice")
+            called = True
+            try:
+                result = await call_next()
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finished = True
+            return result
+
+        try:
+            await middleware(task, next_once)
+        except BaseException as exc:
+            if finished and exc is error:
+                raise
+            if not called and isinstance(exc, asyncio.CancelledError):
+                raise  # a real cancellation that arrived before execution
+            report(name, exc)
+        else:
+            if not called:
+                report(name, RuntimeError(f"middleware {name} did not call call_next"))
+        if not called:
+            return await call_next()
+        if error is not None:
+            raise error
+        return result
+
+    return guarded
+
+
+def build_chain(
+    middleware: list[TaskMiddleware], innermost: Callable[[Task], Awaitable[Any]]
+) -> Callable[[Task], Awaitable[Any]]:
+    """Compose ``middleware`` (first = outermost) around ``innermost`` into one callable."""
+    chain = innermost
+    for mw in reversed(middleware):
+        chain = _link(mw, chain)
+    return chain
+
+
+def _link(
+    mw: TaskMiddleware, rest: Callable[[Task], Awaitable[Any]]
+) -> Callable[[Task], Awaitable[Any]]:
+    def run(task: Task) -> Awaitable[Any]:
+        return mw(task, lambda: rest(task))
+
+    return run

@@ -1,0 +1,53 @@
+"""Task statuses and the one function that moves a task between them."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["TaskStatus", "InvalidTransition", "check_transition"]
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life. Values are lowercase strings (JSON- and label-friendly)."""
+
+    PENDING = "pending"
+    """Created, waiting for a concurrency slot."""
+    RUNNING = "running"
+    """Executing now."""
+    COMPLETED = "completed"
+    """The function returned; ``task.result`` holds its return value."""
+    FAILED = "failed"
+    """The function raised; ``task.error`` holds the exception."""
+    CANCELLED = "cancelled"
+    """Cancelled by ``cancel_task`` or by shutdown, before or during execution."""
+    TIMEOUT = "timeout"
+    """Execution took longer than the task's timeout."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the four final statuses."""
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMEOUT}
+)
+
+#: Every allowed edge. Terminal states have none: they are final.
+_EDGES: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
+    TaskStatus.RUNNING: _TERMINAL,
+}
+
+
+class InvalidTransition(RuntimeError):
+    """An attempt to move a task along an edge the life cycle does not have."""
+
+
+def check_transition(current: TaskStatus, new: TaskStatus) -> None:
+    """Raise :class:`InvalidTransition` unless ``current -> new`` is an allowed edge."""
+    if new not in _EDGES.get(current, frozenset()):
+        raise InvalidTransition(f"a task cannot go from {current.value} to {new.value}")
