@@ -1,0 +1,56 @@
+"""``observable-tasks`` command line: ``observable-tasks demo`` serves the demo app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``observable-tasks`` console script."""
+    parser = argparse.ArgumentParser(prog="observable-tasks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="serve the demo app (every example of the API page)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server worker processes; >1 turns on Prometheus multiprocess mode",
+    )
+    demo.add_argument("--log-level", default="info", help="uvicorn's own log level")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.workers < 1:
+        raise SystemExit("--workers must be >= 1")
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # prometheus_client needs this set before the workers start, and empty.
+        folder = os.path.join(tempfile.gettempdir(), f"observable-tasks-metrics-{os.getpid()}")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    uvicorn.run(
+        "observable_tasks.demo:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
