@@ -180,14 +180,14 @@ def create_app(
 
     @app.post("/validate")
     async def start_validation(request: Request, response: Response) -> Any:
-        data = await request.json
+        data = await _json_object(request)
         task = await create_task(task_with_custom_error, data=data, name="validation")
         return {"task_id": task.id}
 
     @app.post("/validate-now")
     async def validate_now(request: Request, response: Response) -> Any:
         """Raises TaskError in the handler itself: the exception handler answers 400."""
-        data = await request.json
+        data = await _json_object(request)
         return await task_with_custom_error(data)
 
     # -- File processing -------------------------------------------------------------------
@@ -214,9 +214,9 @@ def create_app(
 
     @app.post("/process-file")
     async def start_file_processing(request: Request, response: Response) -> Any:
-        body = await request.json
+        body = await _json_object(request)
         file_path = body.get("file_path")
-        if not file_path:
+        if not file_path or not isinstance(file_path, str):
             return response.json({"error": "file_path is required"}, status_code=400)
         # The demo only reads inside its data folder, whatever path a client sends.
         resolved = (data / file_path).resolve()
@@ -260,7 +260,7 @@ def create_app(
 
     @app.post("/send-bulk-emails")
     async def start_bulk_email_sending(request: Request, response: Response) -> Any:
-        body = await request.json
+        body = await _json_object(request)
         missing = [k for k in ("recipients", "subject", "body") if k not in body]
         if missing or not body.get("recipients"):
             return response.json(
@@ -318,7 +318,7 @@ def create_app(
 
     @app.post("/export-data")
     async def start_data_export(request: Request, response: Response) -> Any:
-        body = await request.json
+        body = await _json_object(request)
         fmt = body.get("format", "csv")
         task = await create_task(
             func=export_data,
@@ -345,7 +345,7 @@ def create_app(
     @app.post("/simulate")
     async def simulate(request: Request, response: Response) -> Any:
         """Create one task with a chosen outcome: complete, fail, task_error, timeout, slow."""
-        body = await request.json
+        body = await _json_object(request)
         outcome = body.get("outcome", "complete")
         if outcome not in {"complete", "fail", "task_error", "timeout", "slow"}:
             return response.json({"error": f"unknown outcome {outcome!r}"}, status_code=400)
@@ -359,6 +359,11 @@ def create_app(
         return {"task_id": task.id}
 
     return app
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    body = await request.json
+    return body if isinstance(body, dict) else {}
 
 
 def _sample_dir() -> str:
