@@ -1,0 +1,178 @@
+"""Every telemetry name in one place: metrics, labels, spans, attributes and log fields.
+
+Dashboards (``grafana/``) and alert rules (``prometheus/``) are checked against this module by a
+test, so renaming a metric here cannot silently blank a panel.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "TASKS_CREATED",
+    "TASKS_FINISHED",
+    "TASKS_RUNNING",
+    "TASKS_PENDING",
+    "TASKS_CONCURRENCY_LIMIT",
+    "TASK_DURATION",
+    "TASK_QUEUE_WAIT",
+    "TASK_ERRORS",
+    "TASK_LAST_SUCCESS",
+    "TELEMETRY_ERRORS",
+    "LABEL_OVERFLOW",
+    "METRICS",
+    "LABEL_TASK",
+    "LABEL_STATUS",
+    "LABEL_ERROR_TYPE",
+    "LABEL_COMPONENT",
+    "LABEL_LABEL",
+    "OVERFLOW_VALUE",
+    "FINISHED_STATUSES",
+    "metric_name",
+    "exported_names",
+    "DURATION_BUCKETS",
+    "QUEUE_WAIT_BUCKETS",
+    "SPAN_SEND",
+    "SPAN_PROCESS",
+    "ATTR",
+    "LOG_EVENTS",
+    "LOG_FIELDS",
+    "INSTRUMENTATION_NAME",
+]
+
+DEFAULT_NAMESPACE = "observable"
+"""Prefix of every metric name: ``observable_tasks_created_total`` by default."""
+
+# -- metrics (without namespace; ``metric_name`` adds it) ---------------------------------------
+# Counter names are given without ``_total``; prometheus_client appends it on exposition.
+
+TASKS_CREATED = "tasks_created"
+"""Counter {task}: tasks accepted."""
+TASKS_FINISHED = "tasks_finished"
+"""Counter {task, status}: tasks that reached a final status (see FINISHED_STATUSES)."""
+TASKS_RUNNING = "tasks_running"
+"""Gauge {task}: tasks executing now."""
+TASKS_PENDING = "tasks_pending"
+"""Gauge {task}: tasks waiting for a concurrency slot."""
+TASKS_CONCURRENCY_LIMIT = "tasks_concurrency_limit"
+"""Gauge: the configured ``max_concurrent_tasks`` (draw saturation as running / limit)."""
+TASK_DURATION = "task_duration_seconds"
+"""Histogram {task, status}: execution time of started tasks."""
+TASK_QUEUE_WAIT = "task_queue_wait_seconds"
+"""Histogram {task}: time from creation to start (waiting for a slot)."""
+TASK_ERRORS = "task_errors"
+"""Counter {task, error_type}: failures and timeouts by exception class."""
+TASK_LAST_SUCCESS = "task_last_success_timestamp_seconds"
+"""Gauge {task}: Unix time of the last COMPLETED task."""
+TELEMETRY_ERRORS = "telemetry_errors"
+"""Counter {component}: failures inside telemetry itself (never fail a task)."""
+LABEL_OVERFLOW = "label_overflow"
+"""Counter {label}: label values folded into ``OVERFLOW_VALUE`` because of the cardinality cap."""
+
+#: name -> (type, labels), the contract dashboards and rules are tested against.
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    TASKS_CREATED: ("counter", ("task",)),
+    TASKS_FINISHED: ("counter", ("task", "status")),
+    TASKS_RUNNING: ("gauge", ("task",)),
+    TASKS_PENDING: ("gauge", ("task",)),
+    TASKS_CONCURRENCY_LIMIT: ("gauge", ()),
+    TASK_DURATION: ("histogram", ("task", "status")),
+    TASK_QUEUE_WAIT: ("histogram", ("task",)),
+    TASK_ERRORS: ("counter", ("task", "error_type")),
+    TASK_LAST_SUCCESS: ("gauge", ("task",)),
+    TELEMETRY_ERRORS: ("counter", ("component",)),
+    LABEL_OVERFLOW: ("counter", ("label",)),
+}
+
+LABEL_TASK = "task"
+LABEL_STATUS = "status"
+LABEL_ERROR_TYPE = "error_type"
+LABEL_COMPONENT = "component"
+LABEL_LABEL = "label"
+OVERFLOW_VALUE = "__other__"
+"""Label value that stands for every value past the cardinality cap."""
+FINISHED_STATUSES = ("completed", "failed", "cancelled", "timeout")
+
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+QUEUE_WAIT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0,
+)  # fmt: skip
+
+
+def metric_name(suffix: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Full metric name as registered (counters without ``_total``)."""
+    return f"{namespace}_{suffix}" if namespace else suffix
+
+
+def exported_names(namespace: str = DEFAULT_NAMESPACE) -> set[str]:
+    """Every series name a scrape can contain (``_total``, ``_bucket``... included)."""
+    names: set[str] = set()
+    for suffix, (kind, _) in METRICS.items():
+        base = metric_name(suffix, namespace)
+        if kind == "counter":
+            names |= {f"{base}_total", f"{base}_created"}
+        elif kind == "histogram":
+            names |= {f"{base}_bucket", f"{base}_sum", f"{base}_count", f"{base}_created"}
+        else:
+            names.add(base)
+    return names
+
+
+# -- traces ---------------------------------------------------------------------------------
+
+INSTRUMENTATION_NAME = "observable_tasks"
+SPAN_SEND = "send {function}"
+"""PRODUCER span at creation, in the caller's context."""
+SPAN_PROCESS = "process {function}"
+"""CONSUMER span around execution, current while the task function runs."""
+
+
+class ATTR:
+    """Span attribute names (OTel messaging/code/error conventions where they exist)."""
+
+    MESSAGING_SYSTEM = "messaging.system"
+    MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+    MESSAGING_OPERATION_NAME = "messaging.operation.name"
+    MESSAGING_DESTINATION = "messaging.destination.name"
+    MESSAGE_ID = "messaging.message.id"
+    CODE_FUNCTION = "code.function.name"
+    ERROR_TYPE = "error.type"
+    TASK_NAME = "observable_tasks.task.name"
+    TASK_STATUS = "observable_tasks.task.status"
+    TASK_TIMEOUT = "observable_tasks.task.timeout_s"
+    TASK_QUEUE_WAIT = "observable_tasks.task.queue_wait_s"
+    SYSTEM_VALUE = "observable_tasks"
+
+
+# -- logs -----------------------------------------------------------------------------------
+
+LOG_EVENTS = {
+    "created": "task.created",
+    "started": "task.started",
+    "completed": "task.completed",
+    "failed": "task.failed",
+    "timeout": "task.timeout",
+    "cancelled": "task.cancelled",
+    "progress": "task.progress",
+    "evicted": "task.evicted",
+}
+"""structlog event names, keyed by what happened."""
+
+
+class LOG_FIELDS:  # a namespace of constants, read like a module
+    """Field names in task log events (bound into the task's context where noted)."""
+
+    TASK_ID = "task_id"  # bound
+    TASK_NAME = "task_name"  # bound
+    FUNCTION = "task_function"
+    STATUS = "status"
+    DURATION = "duration_s"
+    QUEUE_WAIT = "queue_wait_s"
+    PROGRESS = "progress"
+    ERROR_TYPE = "error_type"
+    ERROR = "error"
+    TRACE_ID = "trace_id"
+    SPAN_ID = "span_id"
+    TRACE_FLAGS = "trace_flags"
