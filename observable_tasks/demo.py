@@ -32,7 +32,7 @@ from observable_tasks import (
     update_task_progress,
 )
 
-__all__ = ["create_app", "app"]
+__all__ = ["create_app"]
 
 
 def create_app(
@@ -52,6 +52,7 @@ def create_app(
     scale = float(os.environ.get("DEMO_TIME_SCALE", "1")) if time_scale is None else time_scale
     data = Path(data_dir or os.environ.get("DEMO_DATA_DIR") or _sample_dir())
     data.mkdir(parents=True, exist_ok=True)
+    _settings.update(time_scale=scale, data_dir=str(data))  # read by the task functions below
 
     app = NexiosApp(title="observable-tasks demo")
     task_manager = setup_tasks(
@@ -59,19 +60,7 @@ def create_app(
     )
     app.state["demo_data_dir"] = str(data)
 
-    async def pause(seconds: float) -> None:
-        await asyncio.sleep(seconds * scale)
-
     # -- Basic usage -----------------------------------------------------------------------
-
-    async def process_data(data: dict[str, Any]) -> dict[str, Any]:
-        """A sample background task that processes data."""
-        await pause(2)
-        return {"status": "completed", "data": data}
-
-    async def process_with_deps(data: dict[str, Any]) -> dict[str, Any]:
-        await pause(1)
-        return {"status": "completed", "data": data, "via": "TaskDependency"}
 
     @app.post("/process")
     async def start_processing(request: Request, response: Response) -> Any:
@@ -163,13 +152,6 @@ def create_app(
 
     # -- Custom errors ---------------------------------------------------------------------
 
-    async def task_with_custom_error(data: dict[str, Any]) -> dict[str, Any]:
-        if not data.get("valid"):
-            raise TaskError(
-                code="INVALID_DATA", message="Data validation failed", details={"received": data}
-            )
-        return {"processed": data}
-
     async def handle_task_error(request: Request, response: Response, exc: Exception) -> Any:
         assert isinstance(exc, TaskError)
         return response.json(
@@ -192,26 +174,6 @@ def create_app(
 
     # -- File processing -------------------------------------------------------------------
 
-    async def process_file(file_path: str, task_id: str) -> dict[str, Any]:
-        if not os.path.exists(file_path):
-            raise FileNotFoundError(f"File not found: {file_path}")
-        file_size = os.path.getsize(file_path)
-        processed_bytes = 0
-        with open(file_path, "rb") as f:  # noqa: ASYNC230 - the page's example, small files
-            while True:
-                chunk = f.read(1024)
-                if not chunk:
-                    break
-                await pause(0.1)
-                processed_bytes += len(chunk)
-                await update_task_progress(task_id, processed_bytes / file_size * 100)
-        return {
-            "file_path": file_path,
-            "file_size": file_size,
-            "processed_bytes": processed_bytes,
-            "status": "completed",
-        }
-
     @app.post("/process-file")
     async def start_file_processing(request: Request, response: Response) -> Any:
         body = await _json_object(request)
@@ -233,31 +195,6 @@ def create_app(
 
     # -- Bulk e-mail -----------------------------------------------------------------------
 
-    async def send_single_email(recipient: str, subject: str, body: str) -> None:
-        """Stand-in for SMTP: sleeps; addresses without '@' fail like a rejected recipient."""
-        await pause(0.5)
-        if "@" not in recipient:
-            raise ValueError(f"invalid recipient {recipient!r}")
-
-    async def send_bulk_emails(
-        recipients: list[str], subject: str, body: str, task_id: str
-    ) -> dict[str, Any]:
-        total = len(recipients)
-        sent_count = failed_count = 0
-        for i, recipient in enumerate(recipients):
-            try:
-                await send_single_email(recipient, subject, body)
-                sent_count += 1
-            except Exception:
-                failed_count += 1
-            await update_task_progress(task_id, (i + 1) / total * 100)
-        return {
-            "total_recipients": total,
-            "sent_count": sent_count,
-            "failed_count": failed_count,
-            "status": "completed",
-        }
-
     @app.post("/send-bulk-emails")
     async def start_bulk_email_sending(request: Request, response: Response) -> Any:
         body = await _json_object(request)
@@ -278,44 +215,6 @@ def create_app(
 
     # -- Data export -----------------------------------------------------------------------
 
-    async def fetch_data_from_database(filters: dict[str, Any]) -> list[dict[str, Any]]:
-        await pause(1)
-        return [{"id": i, "name": f"Record {i}"} for i in range(int(filters.get("limit", 1000)))]
-
-    async def export_to_csv(rows: list[dict[str, Any]], filename: Path, task_id: str) -> None:
-        with open(filename, "w", newline="") as csvfile:  # noqa: ASYNC230 - the page's example
-            if rows:
-                writer = csv.DictWriter(csvfile, fieldnames=list(rows[0].keys()))
-                writer.writeheader()
-                for i, row in enumerate(rows):
-                    writer.writerow(row)
-                    if i % 100 == 0:
-                        await update_task_progress(task_id, i / len(rows) * 100)
-        await update_task_progress(task_id, 100)
-
-    async def export_to_json(rows: list[dict[str, Any]], filename: Path, task_id: str) -> None:
-        with open(filename, "w") as jsonfile:  # noqa: ASYNC230 - the page's example
-            json.dump(rows, jsonfile, indent=2)
-        await update_task_progress(task_id, 100)
-
-    async def export_data(format: str, filters: dict[str, Any], task_id: str) -> dict[str, Any]:
-        rows = await fetch_data_from_database(filters)
-        timestamp = datetime.now().strftime("%Y%m%d_%H%M%S_%f")
-        filename = data / "exports" / f"export_{timestamp}.{format}"
-        filename.parent.mkdir(exist_ok=True)
-        if format == "csv":
-            await export_to_csv(rows, filename, task_id)
-        elif format == "json":
-            await export_to_json(rows, filename, task_id)
-        else:
-            raise ValueError(f"Unsupported format: {format}")
-        return {
-            "filename": filename.name,
-            "format": format,
-            "total_records": len(rows),
-            "status": "completed",
-        }
-
     @app.post("/export-data")
     async def start_data_export(request: Request, response: Response) -> Any:
         body = await _json_object(request)
@@ -329,18 +228,6 @@ def create_app(
         return {"task_id": task.id, "format": fmt}
 
     # -- Load generation: one task of a chosen outcome ---------------------------------------
-
-    async def simulated_work(outcome: str, seconds: float, task_id: str) -> dict[str, Any]:
-        """Ends as asked: completed, failed (ValueError or TaskError) or (via timeout) timeout."""
-        steps = 4
-        for step in range(steps):
-            await asyncio.sleep(seconds / steps)
-            await update_task_progress(task_id, (step + 1) / steps * 100)
-        if outcome == "fail":
-            raise ValueError("simulated failure")
-        if outcome == "task_error":
-            raise TaskError(code="SIMULATED", message="simulated task error")
-        return {"outcome": outcome, "seconds": seconds}
 
     @app.post("/simulate")
     async def simulate(request: Request, response: Response) -> Any:
@@ -361,6 +248,139 @@ def create_app(
     return app
 
 
+# -- task functions of the page's examples -----------------------------------------------
+# Module level, so that their qualified names (the metric labels) are short and stable.
+
+_settings: dict[str, Any] = {"time_scale": 1.0, "data_dir": tempfile.gettempdir()}
+
+
+async def pause(seconds: float) -> None:
+    """Simulated work: sleeps ``seconds`` times the demo's time scale."""
+    await asyncio.sleep(seconds * _settings["time_scale"])
+
+
+async def process_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A sample background task that processes data."""
+    await pause(2)
+    return {"status": "completed", "data": data}
+
+
+async def process_with_deps(data: dict[str, Any]) -> dict[str, Any]:
+    await pause(1)
+    return {"status": "completed", "data": data, "via": "TaskDependency"}
+
+
+async def task_with_custom_error(data: dict[str, Any]) -> dict[str, Any]:
+    if not data.get("valid"):
+        raise TaskError(
+            code="INVALID_DATA", message="Data validation failed", details={"received": data}
+        )
+    return {"processed": data}
+
+
+async def process_file(file_path: str, task_id: str) -> dict[str, Any]:
+    if not os.path.exists(file_path):
+        raise FileNotFoundError(f"File not found: {file_path}")
+    file_size = os.path.getsize(file_path)
+    processed_bytes = 0
+    with open(file_path, "rb") as f:  # noqa: ASYNC230 - the page's example, small files
+        while True:
+            chunk = f.read(1024)
+            if not chunk:
+                break
+            await pause(0.1)
+            processed_bytes += len(chunk)
+            await update_task_progress(task_id, processed_bytes / file_size * 100)
+    return {
+        "file_path": file_path,
+        "file_size": file_size,
+        "processed_bytes": processed_bytes,
+        "status": "completed",
+    }
+
+
+async def send_single_email(recipient: str, subject: str, body: str) -> None:
+    """Stand-in for SMTP: sleeps; addresses without '@' fail like a rejected recipient."""
+    await pause(0.5)
+    if "@" not in recipient:
+        raise ValueError(f"invalid recipient {recipient!r}")
+
+
+async def send_bulk_emails(
+    recipients: list[str], subject: str, body: str, task_id: str
+) -> dict[str, Any]:
+    total = len(recipients)
+    sent_count = failed_count = 0
+    for i, recipient in enumerate(recipients):
+        try:
+            await send_single_email(recipient, subject, body)
+            sent_count += 1
+        except Exception:
+            failed_count += 1
+        await update_task_progress(task_id, (i + 1) / total * 100)
+    return {
+        "total_recipients": total,
+        "sent_count": sent_count,
+        "failed_count": failed_count,
+        "status": "completed",
+    }
+
+
+async def fetch_data_from_database(filters: dict[str, Any]) -> list[dict[str, Any]]:
+    await pause(1)
+    return [{"id": i, "name": f"Record {i}"} for i in range(int(filters.get("limit", 1000)))]
+
+
+async def export_to_csv(rows: list[dict[str, Any]], filename: Path, task_id: str) -> None:
+    with open(filename, "w", newline="") as csvfile:  # noqa: ASYNC230 - the page's example
+        if rows:
+            writer = csv.DictWriter(csvfile, fieldnames=list(rows[0].keys()))
+            writer.writeheader()
+            for i, row in enumerate(rows):
+                writer.writerow(row)
+                if i % 100 == 0:
+                    await update_task_progress(task_id, i / len(rows) * 100)
+    await update_task_progress(task_id, 100)
+
+
+async def export_to_json(rows: list[dict[str, Any]], filename: Path, task_id: str) -> None:
+    with open(filename, "w") as jsonfile:  # noqa: ASYNC230 - the page's example
+        json.dump(rows, jsonfile, indent=2)
+    await update_task_progress(task_id, 100)
+
+
+async def export_data(format: str, filters: dict[str, Any], task_id: str) -> dict[str, Any]:
+    rows = await fetch_data_from_database(filters)
+    timestamp = datetime.now().strftime("%Y%m%d_%H%M%S_%f")
+    filename = Path(_settings["data_dir"]) / "exports" / f"export_{timestamp}.{format}"
+    filename.parent.mkdir(exist_ok=True)
+    if format == "csv":
+        await export_to_csv(rows, filename, task_id)
+    elif format == "json":
+        await export_to_json(rows, filename, task_id)
+    else:
+        raise ValueError(f"Unsupported format: {format}")
+    return {
+        "filename": filename.name,
+        "format": format,
+        "total_records": len(rows),
+        "status": "completed",
+    }
+
+
+async def simulated_work(outcome: str, seconds: float, task_id: str) -> dict[str, Any]:
+    """Ends as asked: completed, failed (ValueError or TaskError) or (via timeout) timeout."""
+    steps = 4
+    for step in range(steps):
+        await asyncio.sleep(seconds / steps)
+        await update_task_progress(task_id, (step + 1) / steps * 100)
+    if outcome == "fail":
+        raise ValueError("simulated failure")
+    if outcome == "task_error":
+        raise TaskError(code="SIMULATED", message="simulated task error")
+    return {"outcome": outcome, "seconds": seconds}
+
+
 async def _json_object(request: Request) -> dict[str, Any]:
     body = await request.json
     return body if isinstance(body, dict) else {}
@@ -375,4 +395,19 @@ def _sample_dir() -> str:
     return str(folder)
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    # ``uvicorn observable_tasks.demo:app`` reads ``app``: only then are tracing and logging
+    # configured globally, so importing this module (e.g. for create_app in tests) changes nothing.
+    if name == "app":
+        global _app
+        if _app is None:
+            from observable_tasks.telemetry import configure_logging, configure_tracing
+
+            configure_logging()
+            provider = configure_tracing("observable-tasks-demo")
+            _app = create_app(tracer_provider=provider, trace_requests=True)
+        return _app
+    raise AttributeError(name)
+
+
+_app: NexiosApp | None = None

@@ -6,7 +6,7 @@ import contextlib
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nexios
 from nexios import Context, Depend, NexiosApp
@@ -16,10 +16,15 @@ from observable_tasks._awaitable import Done
 from observable_tasks.config import TaskConfig
 from observable_tasks.current import all_managers, current_manager, last_manager, remember_manager
 from observable_tasks.errors import NoTaskManagerError, TaskNotFoundError
+from observable_tasks.invocation import reject_coroutine
 from observable_tasks.manager import TaskManager, check_progress
 from observable_tasks.middleware import TaskMiddleware, TaskObserver
 from observable_tasks.status import TaskStatus
 from observable_tasks.task import Task
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "setup_tasks",
@@ -41,12 +46,30 @@ def setup_tasks(
     *,
     middleware: Iterable[TaskMiddleware] = (),
     observers: Iterable[TaskObserver] = (),
+    telemetry: bool = True,
+    tracing: bool = True,
+    metrics: bool = True,
+    logs: bool = True,
+    tracer_provider: TracerProvider | None = None,
+    registry: CollectorRegistry | None = None,
+    logger: Any = None,
+    namespace: str | None = None,
+    metrics_path: str | None = "/metrics",
+    trace_requests: bool = False,
 ) -> TaskManager:
-    """Give ``app`` a task manager tied to its lifespan, and return it.
+    """Give ``app`` a task manager tied to its lifespan, instrumented, and return it.
 
     Works with ``on_startup``/``on_shutdown`` apps and with ``NexiosApp(lifespan=...)`` apps (the
     lifespan is wrapped: the manager starts before it and shuts down after it). Calling it again
     for the same app returns the same manager.
+
+    Telemetry (all on by default; ``telemetry=False`` switches everything off):
+    ``tracing`` (span per task; ``tracer_provider``, default the global one), ``metrics``
+    (Prometheus; ``registry``, default the global one; ``namespace``, default ``observable``;
+    served at ``metrics_path``, ``None`` for no route), ``logs`` (structlog; ``logger``).
+    ``trace_requests=True`` also traces the app's HTTP requests (needs the ``asgi`` extra,
+    ``opentelemetry-instrumentation-asgi``), so a trace shows request -> send -> process.
+    User ``middleware`` runs inside the telemetry (the task's span is current in it).
     """
     existing = _managers_by_app.get(app)
     if existing is not None:
@@ -57,15 +80,62 @@ def setup_tasks(
                 stacklevel=2,
             )
         return existing
-    manager = TaskManager(config, middleware=middleware, observers=observers)
+    manager = TaskManager(config)
+    on_stop: list[Callable[[], None]] = []
+    if telemetry and (tracing or metrics or logs):
+        # Imported here so that the core works without the telemetry libraries installed.
+        from observable_tasks.telemetry import instrument, names
+
+        parts = instrument(
+            manager,
+            tracing=tracing,
+            metrics=metrics,
+            logs=logs,
+            tracer_provider=tracer_provider,
+            registry=registry,
+            namespace=namespace or names.DEFAULT_NAMESPACE,
+            logger=logger,
+        )
+        on_stop.append(parts.close)
+        if metrics and metrics_path:
+            from observable_tasks.telemetry.route import add_metrics_route
+
+            add_metrics_route(app, metrics_path, registry)
+    if telemetry and trace_requests:
+        _trace_requests(app, tracer_provider)
+    for mw in middleware:
+        manager.add_middleware(mw)
+    for obs in observers:
+        manager.add_observer(obs)
     _managers_by_app[app] = manager
     app.state[STATE_KEY] = manager
     remember_manager(manager, as_default=True)
-    _attach_lifespan(app, manager)
+    _attach_lifespan(app, manager, on_stop)
     return manager
 
 
-def _attach_lifespan(app: NexiosApp, manager: TaskManager) -> None:
+def _trace_requests(app: NexiosApp, tracer_provider: TracerProvider | None) -> None:
+    try:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "trace_requests=True needs opentelemetry-instrumentation-asgi: "
+            "pip install 'observable-tasks[asgi]'"
+        ) from exc
+    options: dict[str, Any] = {"tracer_provider": tracer_provider}
+    app.wrap_asgi(OpenTelemetryMiddleware, **options)
+
+
+def _attach_lifespan(
+    app: NexiosApp, manager: TaskManager, on_stop: list[Callable[[], None]]
+) -> None:
+    async def stop_tasks() -> None:
+        try:
+            await manager.shutdown()
+        finally:
+            for stop in on_stop:
+                stop()
+
     user_lifespan = app.lifespan_context
     if user_lifespan is not None:
         # NexiosApp(lifespan=...) ignores on_startup/on_shutdown hooks, so wrap the lifespan.
@@ -76,16 +146,13 @@ def _attach_lifespan(app: NexiosApp, manager: TaskManager) -> None:
                 async with user_lifespan(app_) as state:
                     yield state
             finally:
-                await manager.shutdown()
+                await stop_tasks()
 
         app.lifespan_context = lifespan
         return
 
     async def start_tasks() -> None:
         await manager.start()
-
-    async def stop_tasks() -> None:
-        await manager.shutdown()
 
     # Start before the user's own startup hooks, so that they may create tasks.
     app.on_startup(start_tasks)
@@ -165,6 +232,7 @@ def create_task(*args: Any, **kwargs: Any) -> Done[Task]:
         func, args = args[0], args[1:]
     else:
         raise TypeError("create_task() missing the function to run (func)")
+    reject_coroutine(func)  # before looking for a manager: the mistake is the call's
     if manager is None:
         manager = _resolve_manager()
     return manager.create_task(func, *args, **kwargs)

@@ -147,7 +147,7 @@ class TaskManager:
         if not callable(middleware):
             raise TypeError(f"middleware must be callable, got {middleware!r}")
         label = name or getattr(middleware, "__name__", None) or type(middleware).__name__
-        self._middleware.append((label, guard(middleware, label, self._report)))
+        self._middleware.append((label, guard(middleware, label, self.report_internal_error)))
         self._chain = None
 
     def add_observer(self, observer: TaskObserver) -> None:
@@ -226,11 +226,11 @@ class TaskManager:
         non-callable, a coroutine object or arguments that do not fit ``func``, ``ValueError``
         for a bad timeout, and :class:`TaskManagerClosedError` during shutdown.
         """
+        invocation = prepare(func, args, kwargs)  # first: it also closes a coroutine object
         if not self.is_accepting:
             raise TaskManagerClosedError(
                 "the TaskManager is shutting down (or shut down) and accepts no new tasks"
             )
-        invocation = prepare(func, args, kwargs)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         if timeout is None:
@@ -441,7 +441,7 @@ class TaskManager:
         try:
             self.cleanup()
         except Exception as exc:  # never let the sweeper die
-            self._report("cleanup", exc)
+            self.report_internal_error("cleanup", exc)
         if self._state in (_State.IDLE, _State.RUNNING) and self._loop is not None:
             self._cleanup_handle = self._loop.call_later(
                 self.config.cleanup_interval, self._cleanup_tick
@@ -472,6 +472,9 @@ class TaskManager:
             job.aio = self._loop.create_task(self._run(job), context=ctx)  # type: ignore[call-arg]
         else:  # pragma: no cover - Python 3.10
             job.aio = ctx.run(self._loop.create_task, self._run(job))
+        # An asyncio task cancelled before its first step never runs _run's body at all: finish
+        # the job here then (a no-op when _run already did), or it would hold its slot forever.
+        job.aio.add_done_callback(lambda _aio: self._finish(job))
 
     async def _run(self, job: _Job) -> None:
         set_current(self, job.task)
@@ -603,9 +606,11 @@ class TaskManager:
     def _notify(self, hook: str, task: Task, *args: Any) -> None:
         for observer in self._observers:
             try:
-                getattr(observer, hook)(task, *args)
+                method = getattr(observer, hook, None)
+                if method is not None:  # observers need not define every hook
+                    method(task, *args)
             except Exception as exc:
-                self._report(f"{type(observer).__name__}.{hook}", exc)
+                self.report_internal_error(f"{type(observer).__name__}.{hook}", exc)
 
     def _run_callback(self, callback: TaskCallback, task: Task) -> None:
         try:
@@ -615,18 +620,24 @@ class TaskManager:
                 self._background.add(bg)
                 bg.add_done_callback(self._callback_done)
         except Exception as exc:
-            self._report("callback", exc)
+            self.report_internal_error("callback", exc)
 
     def _callback_done(self, bg: asyncio.Future[Any]) -> None:
         self._background.discard(bg)
         if not bg.cancelled() and bg.exception() is not None:
             exc = bg.exception()
             assert exc is not None
-            self._report("callback", exc)
+            self.report_internal_error("callback", exc)
 
-    def _report(self, component: str, exc: BaseException) -> None:
+    def report_internal_error(self, component: str, exc: BaseException) -> None:
         """A failure in telemetry or user hooks: count it and log it, never fail the task."""
         self.internal_errors[component] += 1
+        for observer in self._observers:
+            hook = getattr(observer, "on_internal_error", None)
+            # Reporting must not recurse: an error in this hook is only in the log line below.
+            with contextlib.suppress(Exception):
+                if hook is not None:
+                    hook(component, exc)
         logger.warning(
             "observable_tasks: %s raised %s: %s (the task is not affected)",
             component,

@@ -61,6 +61,9 @@ class TaskObserver:
     def on_evicted(self, task: Task) -> None:
         """A finished task left history (TTL, ``max_task_history`` or history disabled)."""
 
+    def on_internal_error(self, component: str, error: BaseException) -> None:
+        """A middleware, observer or callback raised; the task was not affected."""
+
 
 def outcome_status(error: BaseException | None) -> TaskStatus:
     """The final status an execution ends with, given what ``call_next`` raised (or ``None``)."""

@@ -1,5 +1,91 @@
 """Instrumentation for observable_tasks: tracing, Prometheus metrics and structlog logs.
 
-Everything here attaches to the core through the public middleware/observer seam; the core never
-imports this package.
+Everything here attaches to the core through the public middleware/observer seam, exactly as a
+user's own middleware would; the core never imports this package. ``setup_tasks(app)`` calls
+:func:`instrument` for you.
 """
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING, Any
+
+from observable_tasks.telemetry import names
+from observable_tasks.telemetry.logs import TaskLogger, add_trace_context, configure_logging
+from observable_tasks.telemetry.metrics import LabelLimiter, TaskMetrics, is_multiprocess
+from observable_tasks.telemetry.otel import configure_tracing
+from observable_tasks.telemetry.tracing import TaskTracer
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from observable_tasks.manager import TaskManager
+
+__all__ = [
+    "Instrumentation",
+    "LabelLimiter",
+    "TaskLogger",
+    "TaskMetrics",
+    "TaskTracer",
+    "add_trace_context",
+    "configure_logging",
+    "configure_tracing",
+    "instrument",
+    "is_multiprocess",
+    "names",
+]
+
+
+@dataclasses.dataclass
+class Instrumentation:
+    """What :func:`instrument` attached to a manager (``None`` for a part switched off)."""
+
+    tracer: TaskTracer | None
+    metrics: TaskMetrics | None
+    logger: TaskLogger | None
+
+    def close(self) -> None:
+        """Release per-process state (multiprocess metric files of this worker)."""
+        if self.metrics is not None and self.metrics.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def instrument(
+    manager: TaskManager,
+    *,
+    tracing: bool = True,
+    metrics: bool = True,
+    logs: bool = True,
+    tracer_provider: TracerProvider | None = None,
+    registry: CollectorRegistry | None = None,
+    namespace: str = names.DEFAULT_NAMESPACE,
+    max_task_labels: int = 200,
+    logger: Any = None,
+) -> Instrumentation:
+    """Attach tracing, metrics and logging to ``manager`` (each can be switched off).
+
+    Order matters and is fixed: tracing is outermost, so the task's span is current while
+    metrics and logs run, and logs are innermost, so every log line carries the span's ids.
+    ``tracer_provider`` defaults to the global provider, ``registry`` to prometheus_client's
+    global registry, ``logger`` to ``structlog.get_logger("observable_tasks")``; logs honour
+    ``manager.config.log_level``.
+    """
+    tracer = metric = log = None
+    if tracing:
+        tracer = TaskTracer(tracer_provider, report=manager.report_internal_error)
+        manager.add_observer(tracer)
+        manager.add_middleware(tracer, name="tracing")
+    if metrics:
+        metric = TaskMetrics(registry, namespace=namespace, max_task_labels=max_task_labels)
+        metric.attach(manager)
+        manager.add_observer(metric)
+        manager.add_middleware(metric, name="metrics")
+    if logs:
+        log = TaskLogger(logger, level=manager.config.log_level_no)
+        manager.add_observer(log)
+        manager.add_middleware(log, name="logs")
+    return Instrumentation(tracer, metric, log)

@@ -1,0 +1,204 @@
+"""structlog events for every task, and task ids bound into each task's own context.
+
+``task_id`` and ``task_name`` (and the task span's ``trace_id``/``span_id``) are bound with
+``structlog.contextvars`` inside the task's context, so the user's own structlog calls inside a task
+carry them too (structlog's default pipeline merges contextvars). Each task runs in a fresh
+context, so nothing leaks back into the request that created it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+import structlog
+from opentelemetry import trace
+
+from observable_tasks.errors import TaskTimeoutError
+from observable_tasks.middleware import CallNext, TaskObserver
+from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
+from observable_tasks.telemetry.names import LOG_EVENTS, LOG_FIELDS
+
+if TYPE_CHECKING:
+    from observable_tasks.task import Task
+
+__all__ = ["TaskLogger", "add_trace_context", "configure_logging"]
+
+_F = LOG_FIELDS
+
+
+class TaskLogger(TaskObserver):
+    """Observer + middleware that logs each task's life with structlog.
+
+    ``level`` (e.g. ``TaskConfig.log_level``) drops events below it before any work is done.
+    Progress is logged when it moved by at least ``progress_step`` points, and at 100.
+    """
+
+    def __init__(
+        self,
+        logger: Any = None,
+        *,
+        level: int = logging.INFO,
+        progress_step: float = 10.0,
+    ) -> None:
+        self._log = logger if logger is not None else structlog.get_logger("observable_tasks")
+        self._level = level
+        self._step = progress_step
+        self._last_progress: dict[str, float] = {}
+
+    def _on(self, level: int) -> bool:
+        return level >= self._level
+
+    @staticmethod
+    def _fields(task: Task) -> dict[str, Any]:
+        return {
+            _F.TASK_ID: task.id,
+            _F.TASK_NAME: task.name,
+            _F.FUNCTION: task.function,
+            _F.STATUS: task.status.value,
+        }
+
+    # -- observer hooks -----------------------------------------------------------------------
+
+    def on_created(self, task: Task) -> None:
+        if not self._on(logging.INFO):
+            return
+        fields = self._fields(task)
+        ids = trace_ids_from_headers(task.headers)
+        if ids is not None:  # the "send" span of this task
+            fields[_F.TRACE_ID], fields[_F.SPAN_ID] = ids
+        self._log.info(LOG_EVENTS["created"], **fields, timeout_s=task.timeout)
+
+    def on_cancelled_pending(self, task: Task) -> None:
+        if self._on(logging.INFO):
+            self._log.info(LOG_EVENTS["cancelled"], **self._fields(task), was_running=False)
+
+    def on_progress(self, task: Task, progress: float) -> None:
+        last = self._last_progress.get(task.id, -math.inf)
+        if progress < 100.0 and progress - last < self._step:
+            return
+        self._last_progress[task.id] = progress
+        if self._on(logging.INFO):
+            fields = self._fields(task)
+            fields[_F.PROGRESS] = round(progress, 2)
+            self._log.info(LOG_EVENTS["progress"], **fields)
+
+    def on_evicted(self, task: Task) -> None:
+        self._last_progress.pop(task.id, None)
+        if self._on(logging.DEBUG):
+            self._log.debug(LOG_EVENTS["evicted"], **self._fields(task))
+
+    # -- middleware ---------------------------------------------------------------------------
+
+    async def __call__(self, task: Task, call_next: CallNext) -> Any:
+        bound: dict[str, Any] = {_F.TASK_ID: task.id, _F.TASK_NAME: task.name}
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            # Only the trace id is bound: the span id of a user's log line is that of the span
+            # current at the call (add_trace_context), which may be a child of the task's span.
+            bound[_F.TRACE_ID] = format(ctx.trace_id, "032x")
+        # The task's own context: these bindings end with the task and never reach the request.
+        structlog.contextvars.bind_contextvars(**bound)
+        fields = {**bound, _F.FUNCTION: task.function}
+        if ctx.is_valid:
+            fields[_F.SPAN_ID] = format(ctx.span_id, "016x")
+        if self._on(logging.INFO):
+            self._log.info(
+                LOG_EVENTS["started"], **fields, status="running", queue_wait_s=task.queue_wait
+            )
+        start = time.perf_counter()
+        try:
+            result = await call_next()
+        except TaskTimeoutError as exc:
+            if self._on(logging.WARNING):
+                self._log.warning(
+                    LOG_EVENTS["timeout"], **fields, status="timeout",
+                    duration_s=time.perf_counter() - start, timeout_s=exc.timeout,
+                )  # fmt: skip
+            raise
+        except asyncio.CancelledError:
+            if self._on(logging.INFO):
+                self._log.info(
+                    LOG_EVENTS["cancelled"], **fields, status="cancelled", was_running=True,
+                    duration_s=time.perf_counter() - start,
+                )  # fmt: skip
+            raise
+        except Exception as exc:
+            if self._on(logging.ERROR):
+                self._log.error(
+                    LOG_EVENTS["failed"], **fields, status="failed",
+                    duration_s=time.perf_counter() - start,
+                    error_type=error_type(exc), error=str(exc), exc_info=exc,
+                )  # fmt: skip
+            raise
+        finally:
+            self._last_progress.pop(task.id, None)
+        if self._on(logging.INFO):
+            self._log.info(
+                LOG_EVENTS["completed"], **fields, status="completed",
+                duration_s=time.perf_counter() - start,
+            )  # fmt: skip
+        return result
+
+
+def add_trace_context(
+    logger: Any, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """structlog processor: top-level ``trace_id``, ``span_id``, ``trace_flags`` of the current
+    span (OTel's convention for trace context in non-OTLP logs). No span, no fields."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        # setdefault: an event that names its span (e.g. task.created names the task's "send"
+        # span, not the request's) keeps it.
+        event_dict.setdefault(_F.TRACE_ID, format(ctx.trace_id, "032x"))
+        event_dict.setdefault(_F.SPAN_ID, format(ctx.span_id, "016x"))
+        event_dict.setdefault(_F.TRACE_FLAGS, format(ctx.trace_flags, "02x"))
+    return event_dict
+
+
+def configure_logging(
+    *,
+    json: bool | None = None,
+    level: int | str = logging.INFO,
+    stream: TextIO | None = None,
+    cache_loggers: bool = True,
+) -> None:
+    """Configure structlog for an app using observable_tasks (call it once, at start-up).
+
+    ``json=True`` renders one JSON object per line (production); ``False`` renders coloured
+    console lines (development); ``None`` picks JSON unless ``stream`` is a terminal (env
+    ``LOG_FORMAT=json|console`` overrides). ``cache_loggers=False`` keeps
+    ``structlog.testing.capture_logs`` working. The library never calls this on import.
+    """
+    import os
+
+    out = stream if stream is not None else sys.stdout
+    if json is None:
+        fmt = os.environ.get("LOG_FORMAT", "").lower()
+        json = fmt == "json" or (fmt != "console" and not out.isatty())
+    lvl = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(lvl, int):
+        raise ValueError(f"unknown log level {level!r}")
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_context,
+    ]
+    if json:
+        processors += [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer())
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=cache_loggers,
+    )

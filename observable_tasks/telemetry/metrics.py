@@ -1,0 +1,340 @@
+"""Prometheus metrics per task: counters per status, running/pending gauges, latency histograms.
+
+Labels are bounded: the task *function's* qualified name (never the display name, which the
+documented file-processing example builds from a file name, and never a task id), capped by
+:class:`LabelLimiter`. Running/pending gauges and the concurrency limit are computed at scrape time
+from the managers (no drift), except in prometheus_client's multiprocess mode, where custom
+collectors cannot work and ``livesum`` gauges are kept instead.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections import Counter as _Counts
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from observable_tasks.middleware import CallNext, TaskObserver, outcome_status
+from observable_tasks.status import TaskStatus
+from observable_tasks.telemetry import names
+from observable_tasks.telemetry._common import error_type
+
+if TYPE_CHECKING:
+    from observable_tasks.manager import TaskManager
+    from observable_tasks.task import Task
+
+__all__ = ["TaskMetrics", "LabelLimiter", "is_multiprocess"]
+
+
+def is_multiprocess() -> bool:
+    """True when prometheus_client's multiprocess mode is on (``PROMETHEUS_MULTIPROC_DIR``)."""
+    env = os.environ
+    return bool(env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir"))
+
+
+class LabelLimiter:
+    """Admits at most ``limit`` distinct values of one label; the rest become ``__other__``.
+
+    Every folded value is counted in ``<ns>_label_overflow_total{label=...}`` so an exploding
+    label is visible instead of silently eating memory.
+    """
+
+    def __init__(self, label: str, limit: int, overflow: Counter) -> None:
+        if limit < 1:
+            raise ValueError(f"the label cap must be >= 1, got {limit!r}")
+        self.label = label
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._overflow = overflow.labels(label)
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            self._overflow.inc()
+            return names.OVERFLOW_VALUE
+        self._seen.add(value)
+        return value
+
+    @property
+    def seen(self) -> frozenset[str]:
+        """Values admitted so far."""
+        return frozenset(self._seen)
+
+
+class _Families:
+    """The metric objects of one (registry, namespace): shared by every manager using them."""
+
+    def __init__(self, registry: CollectorRegistry | None, namespace: str, multiprocess: bool):
+        def n(suffix: str) -> str:
+            return names.metric_name(suffix, namespace)
+
+        reg = registry
+        self.multiprocess = multiprocess
+        self.created = Counter(
+            n(names.TASKS_CREATED), "Tasks accepted.", [names.LABEL_TASK], registry=reg
+        )
+        self.finished = Counter(
+            n(names.TASKS_FINISHED),
+            "Tasks that reached a final status.",
+            [names.LABEL_TASK, names.LABEL_STATUS],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            n(names.TASK_DURATION),
+            "Execution time of started tasks, by final status.",
+            [names.LABEL_TASK, names.LABEL_STATUS],
+            buckets=names.DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.queue_wait = Histogram(
+            n(names.TASK_QUEUE_WAIT),
+            "Time from creation to start (waiting for a concurrency slot).",
+            [names.LABEL_TASK],
+            buckets=names.QUEUE_WAIT_BUCKETS,
+            registry=reg,
+        )
+        self.errors = Counter(
+            n(names.TASK_ERRORS),
+            "Failed and timed-out tasks by exception class.",
+            [names.LABEL_TASK, names.LABEL_ERROR_TYPE],
+            registry=reg,
+        )
+        self.last_success = Gauge(
+            n(names.TASK_LAST_SUCCESS),
+            "Unix time of the last task that completed.",
+            [names.LABEL_TASK],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.telemetry_errors = Counter(
+            n(names.TELEMETRY_ERRORS),
+            "Failures inside telemetry, observers and callbacks (tasks are never affected).",
+            [names.LABEL_COMPONENT],
+            registry=reg,
+        )
+        self.overflow = Counter(
+            n(names.LABEL_OVERFLOW),
+            "Label values folded into __other__ by the cardinality cap.",
+            [names.LABEL_LABEL],
+            registry=reg,
+        )
+        self.running: Gauge | None = None
+        self.pending: Gauge | None = None
+        self.limit: Gauge | None = None
+        self.collector: _StateCollector | None = None
+        if multiprocess:
+            self.running = Gauge(
+                n(names.TASKS_RUNNING), "Tasks executing now.", [names.LABEL_TASK],
+                registry=reg, multiprocess_mode="livesum",
+            )  # fmt: skip
+            self.pending = Gauge(
+                n(names.TASKS_PENDING), "Tasks waiting for a concurrency slot.",
+                [names.LABEL_TASK], registry=reg, multiprocess_mode="livesum",
+            )  # fmt: skip
+            self.limit = Gauge(
+                n(names.TASKS_CONCURRENCY_LIMIT), "Configured max_concurrent_tasks (summed).",
+                registry=reg, multiprocess_mode="livesum",
+            )  # fmt: skip
+        else:
+            self.collector = _StateCollector(namespace)
+            if reg is not None:
+                reg.register(self.collector)
+        self.tasks = LabelLimiter(names.LABEL_TASK, 1, self.overflow)  # replaced by configure()
+        self.error_types = LabelLimiter(names.LABEL_ERROR_TYPE, 1, self.overflow)
+        self._configured = False
+        self._lock = threading.Lock()
+
+    def configure(self, max_task_labels: int, max_error_types: int) -> None:
+        with self._lock:
+            if not self._configured:
+                self.tasks = LabelLimiter(names.LABEL_TASK, max_task_labels, self.overflow)
+                self.error_types = LabelLimiter(
+                    names.LABEL_ERROR_TYPE, max_error_types, self.overflow
+                )
+                if self.collector is not None:
+                    self.collector.tasks = self.tasks
+                self._configured = True
+
+
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[tuple[str, bool], _Families]] = (
+    weakref.WeakKeyDictionary()
+)
+_FAMILIES_LOCK = threading.Lock()
+
+
+def _families(registry: CollectorRegistry, namespace: str, multiprocess: bool) -> _Families:
+    with _FAMILIES_LOCK:
+        per_registry = _FAMILIES.setdefault(registry, {})
+        key = (namespace, multiprocess)
+        if key not in per_registry:
+            per_registry[key] = _Families(registry, namespace, multiprocess)
+        return per_registry[key]
+
+
+class _Bound:
+    """Label children of one task label, looked up once (``.labels()`` is the slow part)."""
+
+    __slots__ = (
+        "created",
+        "duration",
+        "finished",
+        "last_success",
+        "pending",
+        "queue_wait",
+        "running",
+    )  # fmt: skip
+
+    def __init__(self, families: _Families, label: str) -> None:
+        self.created = families.created.labels(label)
+        self.queue_wait = families.queue_wait.labels(label)
+        self.last_success = families.last_success.labels(label)
+        # Pre-create every status so rate() sees 0 -> 1 instead of a series appearing at 1.
+        self.finished = {s: families.finished.labels(label, s) for s in names.FINISHED_STATUSES}
+        self.duration = {s: families.duration.labels(label, s) for s in names.FINISHED_STATUSES}
+        self.running = families.running.labels(label) if families.running is not None else None
+        self.pending = families.pending.labels(label) if families.pending is not None else None
+
+
+class TaskMetrics(TaskObserver):
+    """Observer + middleware that records Prometheus metrics for every task.
+
+    ``registry`` defaults to prometheus_client's global ``REGISTRY``; several managers on one
+    registry share the metric families (series add up). ``max_task_labels`` caps distinct task
+    function labels, ``max_error_types`` distinct exception classes.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        namespace: str = names.DEFAULT_NAMESPACE,
+        max_task_labels: int = 200,
+        max_error_types: int = 50,
+        multiprocess: bool | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else REGISTRY
+        self.namespace = namespace
+        self.multiprocess = is_multiprocess() if multiprocess is None else multiprocess
+        self._f = _families(self.registry, namespace, self.multiprocess)
+        self._f.configure(max_task_labels, max_error_types)
+        self._bound: dict[str, _Bound] = {}
+
+    def attach(self, manager: TaskManager) -> None:
+        """Count this manager's running/pending tasks and its limit in the gauges."""
+        if self._f.collector is not None:
+            self._f.collector.managers.add(manager)
+        elif self._f.limit is not None:
+            self._f.limit.inc(manager.config.max_concurrent_tasks)
+
+    def _for(self, task: Task) -> _Bound:
+        bound = self._bound.get(task.function)
+        if bound is None:
+            label = self._f.tasks(task.function)
+            bound = self._bound.get(label) or _Bound(self._f, label)
+            if label != names.OVERFLOW_VALUE or len(self._bound) < 10 * self._f.tasks.limit:
+                self._bound[task.function] = bound
+        return bound
+
+    # -- observer hooks -----------------------------------------------------------------------
+
+    def on_created(self, task: Task) -> None:
+        bound = self._for(task)
+        bound.created.inc()
+        if bound.pending is not None:
+            bound.pending.inc()
+
+    def on_cancelled_pending(self, task: Task) -> None:
+        bound = self._for(task)
+        bound.finished[TaskStatus.CANCELLED.value].inc()
+        if bound.pending is not None:
+            bound.pending.dec()
+
+    def on_internal_error(self, component: str, error: BaseException) -> None:
+        self._f.telemetry_errors.labels(component).inc()
+
+    # -- middleware ---------------------------------------------------------------------------
+
+    async def __call__(self, task: Task, call_next: CallNext) -> Any:
+        bound = self._for(task)
+        wait = task.queue_wait
+        if wait is not None:
+            bound.queue_wait.observe(wait)
+        if bound.running is not None and bound.pending is not None:
+            bound.pending.dec()
+            bound.running.inc()
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await call_next()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._record(task, bound, error, time.perf_counter() - start)
+
+    def _record(
+        self, task: Task, bound: _Bound, error: BaseException | None, elapsed: float
+    ) -> None:
+        status = outcome_status(error).value
+        bound.finished[status].inc()
+        bound.duration[status].observe(elapsed)
+        if bound.running is not None:
+            bound.running.dec()
+        if status == TaskStatus.COMPLETED.value:
+            bound.last_success.set(time.time())
+        elif error is not None and status != TaskStatus.CANCELLED.value:
+            label = self._f.tasks(task.function)
+            self._f.errors.labels(label, self._f.error_types(error_type(error))).inc()
+
+
+class _StateCollector(Collector):
+    """Running, pending and limit gauges read from the managers at scrape time."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.managers: weakref.WeakSet[TaskManager] = weakref.WeakSet()
+        self.tasks: LabelLimiter | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def _families(self) -> Iterator[GaugeMetricFamily]:
+        n = self.namespace
+        yield GaugeMetricFamily(
+            names.metric_name(names.TASKS_RUNNING, n), "Tasks executing now.",
+            labels=[names.LABEL_TASK],
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            names.metric_name(names.TASKS_PENDING, n), "Tasks waiting for a concurrency slot.",
+            labels=[names.LABEL_TASK],
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            names.metric_name(names.TASKS_CONCURRENCY_LIMIT, n),
+            "Configured max_concurrent_tasks (summed over managers).",
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        running_family, pending_family, limit_family = self._families()
+        managers = list(self.managers)
+        running: _Counts[str] = _Counts()
+        pending: _Counts[str] = _Counts()
+        fold = self.tasks
+        for manager in managers:
+            for task in manager.running_tasks():
+                running[fold(task.function) if fold else task.function] += 1
+            for task in manager.pending_tasks():
+                pending[fold(task.function) if fold else task.function] += 1
+        known = set(fold.seen) if fold is not None else set()
+        for label in sorted(known | set(running) | set(pending)):
+            running_family.add_metric([label], running.get(label, 0))
+            pending_family.add_metric([label], pending.get(label, 0))
+        limit_family.add_metric([], sum(m.config.max_concurrent_tasks for m in managers))
+        return [running_family, pending_family, limit_family]

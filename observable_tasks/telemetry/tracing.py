@@ -1,0 +1,114 @@
+"""Tracing: a PRODUCER ``send`` span at creation and a CONSUMER ``process`` span per execution.
+
+The send span starts in the creator's context (inside a request it is a child of the request's
+span); its context is stored with the task as W3C headers (``task.headers``) through the global
+propagator, so a cross-process backend can continue the same trace. The process span is parented
+to that stored context, never to whatever happened to be current, and is *current while the task
+function runs*: spans the user opens inside the task nest under it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from observable_tasks.middleware import CallNext, ErrorReporter, TaskObserver, outcome_status
+from observable_tasks.status import TaskStatus
+from observable_tasks.telemetry._common import error_type
+from observable_tasks.telemetry.names import (
+    ATTR,
+    INSTRUMENTATION_NAME,
+    SPAN_PROCESS,
+    SPAN_SEND,
+)
+
+if TYPE_CHECKING:
+    from observable_tasks.task import Task
+
+__all__ = ["TaskTracer"]
+
+
+class TaskTracer(TaskObserver):
+    """Observer (``on_created``) and middleware (``__call__``) that trace every task."""
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        *,
+        report: ErrorReporter | None = None,
+    ) -> None:
+        # None: the global provider, resolved lazily so a provider installed later still counts.
+        self._tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
+        self._report = report
+
+    def on_created(self, task: Task) -> None:
+        span = self._tracer.start_span(
+            SPAN_SEND.format(function=task.function),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                ATTR.MESSAGING_SYSTEM: ATTR.SYSTEM_VALUE,
+                ATTR.MESSAGING_OPERATION_TYPE: "send",
+                ATTR.MESSAGING_OPERATION_NAME: "send",
+                ATTR.MESSAGE_ID: task.id,
+                ATTR.CODE_FUNCTION: task.function,
+                ATTR.TASK_NAME: task.name,
+                **({ATTR.TASK_TIMEOUT: task.timeout} if task.timeout is not None else {}),
+            },
+        )
+        try:
+            propagate.inject(task.headers, context=trace.set_span_in_context(span))
+        finally:
+            span.end()
+
+    async def __call__(self, task: Task, call_next: CallNext) -> Any:
+        parent = propagate.extract(task.headers) if task.headers else otel_context.Context()
+        attributes: dict[str, Any] = {
+            ATTR.MESSAGING_SYSTEM: ATTR.SYSTEM_VALUE,
+            ATTR.MESSAGING_OPERATION_TYPE: "process",
+            ATTR.MESSAGING_OPERATION_NAME: "process",
+            ATTR.MESSAGE_ID: task.id,
+            ATTR.CODE_FUNCTION: task.function,
+            ATTR.TASK_NAME: task.name,
+        }
+        if task.timeout is not None:
+            attributes[ATTR.TASK_TIMEOUT] = task.timeout
+        wait = task.queue_wait
+        if wait is not None:
+            attributes[ATTR.TASK_QUEUE_WAIT] = wait
+        span = self._tracer.start_span(
+            SPAN_PROCESS.format(function=task.function),
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        error: BaseException | None = None
+        try:
+            return await call_next()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            otel_context.detach(token)
+            self._close(span, error)
+
+    def _close(self, span: trace.Span, error: BaseException | None) -> None:
+        # Bookkeeping after the outcome is known: failures here must not mask the outcome.
+        try:
+            status = outcome_status(error)
+            span.set_attribute(ATTR.TASK_STATUS, status.value)
+            if status is TaskStatus.FAILED or status is TaskStatus.TIMEOUT:
+                assert error is not None
+                span.set_attribute(ATTR.ERROR_TYPE, error_type(error))
+                if status is TaskStatus.FAILED:
+                    span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            # CANCELLED is a state, not an error: status stays unset.
+        except Exception as exc:
+            if self._report is not None:
+                self._report(type(self).__name__, exc)
+        finally:
+            span.end()
