@@ -13,7 +13,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Invocation", "prepare", "function_name"]
+__all__ = ["Invocation", "prepare", "function_name", "reject_coroutine"]
 
 _SIGNATURES: dict[types.CodeType, inspect.Signature] = {}
 _MAX_CACHED = 4096
@@ -67,12 +67,7 @@ def prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invo
     Raises ``TypeError`` with a clear message for a coroutine object, a non-callable, or
     arguments that do not fit the function's signature.
     """
-    if inspect.iscoroutine(func):
-        func.close()  # we will never await it; closing avoids a "never awaited" warning
-        raise TypeError(
-            "create_task() needs the function, not a coroutine object: "
-            "write create_task(work, x) instead of create_task(work(x))"
-        )
+    reject_coroutine(func)
     if not callable(func):
         raise TypeError(f"create_task() needs a callable, got {type(func).__name__}: {func!r}")
     sig = _signature(func)
@@ -107,6 +102,16 @@ def prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invo
                 f"cannot call {function_name(func)}{sig} with the given arguments: {exc}"
             ) from None
     return Invocation(func, args, kwargs, _is_async(func), wants_task_id)
+
+
+def reject_coroutine(func: object) -> None:
+    """``TypeError`` for a coroutine object (closed first: no "never awaited" warning)."""
+    if inspect.iscoroutine(func):
+        func.close()  # we will never await it; closing avoids a "never awaited" warning
+        raise TypeError(
+            "create_task() needs the function, not a coroutine object: "
+            "write create_task(work, x) instead of create_task(work(x))"
+        )
 
 
 def _is_async(func: Callable[..., Any]) -> bool:

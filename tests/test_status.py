@@ -1,0 +1,65 @@
+"""TaskStatus values and the life-cycle edges."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from observable_tasks import TaskStatus
+from observable_tasks.status import InvalidTransition, check_transition
+
+ALL = list(TaskStatus)
+TERMINAL = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMEOUT}
+ALLOWED = {
+    (TaskStatus.PENDING, TaskStatus.RUNNING),
+    (TaskStatus.PENDING, TaskStatus.CANCELLED),
+    *((TaskStatus.RUNNING, end) for end in TERMINAL),
+}
+
+
+def test_the_six_documented_statuses_with_string_values() -> None:
+    assert {s.name: s.value for s in TaskStatus} == {
+        "PENDING": "pending",
+        "RUNNING": "running",
+        "COMPLETED": "completed",
+        "FAILED": "failed",
+        "CANCELLED": "cancelled",
+        "TIMEOUT": "timeout",
+    }
+
+
+def test_statuses_behave_as_strings() -> None:
+    assert TaskStatus.COMPLETED == "completed"
+    assert str(TaskStatus.FAILED) == "failed"
+    assert f"{TaskStatus.RUNNING}" == "running"
+    assert TaskStatus("cancelled") is TaskStatus.CANCELLED
+    assert json.dumps({"s": TaskStatus.TIMEOUT}) == '{"s": "timeout"}'
+    with pytest.raises(ValueError, match="done"):
+        TaskStatus("done")
+
+
+def test_terminal_set() -> None:
+    assert {s for s in TaskStatus if s.is_terminal} == TERMINAL
+
+
+@pytest.mark.parametrize(("current", "new"), sorted(ALLOWED))
+def test_allowed_transitions(current: TaskStatus, new: TaskStatus) -> None:
+    check_transition(current, new)  # does not raise
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [pair for pair in itertools.product(ALL, ALL) if pair not in ALLOWED],
+)
+def test_every_other_transition_is_rejected(current: TaskStatus, new: TaskStatus) -> None:
+    with pytest.raises(InvalidTransition, match=f"{current.value} to {new.value}"):
+        check_transition(current, new)
+
+
+def test_terminal_states_are_final() -> None:
+    for end in TERMINAL:
+        for new in ALL:
+            with pytest.raises(InvalidTransition):
+                check_transition(end, new)
