@@ -81,8 +81,9 @@ def guard(middleware: TaskMiddleware, name: str, report: ErrorReporter) -> TaskM
 
     - raises before calling ``call_next``: reported, and the rest of the chain still runs;
     - returns without calling ``call_next``: reported, and the rest of the chain still runs;
-    - raises something other than what ``call_next`` raised, or swallows/replaces the outcome:
-      reported (if it raised), and the true outcome is restored.
+    - raises something other than what ``call_next`` raised, swallows the exception
+      ``call_next`` raised, or returns something other than its result: reported, and the true
+      outcome is restored.
     """
 
     async def guarded(task: Task, call_next: CallNext) -> Any:
@@ -105,7 +106,7 @@ def guard(middleware: TaskMiddleware, name: str, report: ErrorReporter) -> TaskM
             return result
 
         try:
-            await middleware(task, next_once)
+            returned = await middleware(task, next_once)
         except BaseException as exc:
             if finished and exc is error:
                 raise
@@ -115,6 +116,22 @@ def guard(middleware: TaskMiddleware, name: str, report: ErrorReporter) -> TaskM
         else:
             if not called:
                 report(name, RuntimeError(f"middleware {name} did not call call_next"))
+            elif error is not None:
+                report(
+                    name,
+                    RuntimeError(
+                        f"middleware {name} swallowed the task's {type(error).__name__} "
+                        "(it is re-raised: middleware cannot change the outcome)"
+                    ),
+                )
+            elif returned is not result:
+                report(
+                    name,
+                    RuntimeError(
+                        f"middleware {name} did not return call_next()'s result "
+                        "(the task keeps its own result)"
+                    ),
+                )
         if not called:
             return await call_next()
         if error is not None:
