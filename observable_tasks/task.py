@@ -35,7 +35,7 @@ class Task:
     result: Any = None
     """The function's return value (COMPLETED only)."""
     error: BaseException | None = None
-    """The exception that ended the task (FAILED, TIMEOUT; CANCELLED carries CancelledError)."""
+    """The exception that ended the task: FAILED and TIMEOUT only (a CANCELLED task has none)."""
     progress: float = 0.0
     """0 to 100, set by ``update_task_progress``."""
     timeout: float | None = None
