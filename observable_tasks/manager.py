@@ -73,6 +73,8 @@ class _Job:
     __slots__ = (
         "aio",
         "callbacks",
+        "cancel_requested",
+        "entered",
         "error",
         "has_outcome",
         "invocation",
@@ -89,6 +91,8 @@ class _Job:
         self.waiters: list[asyncio.Future[None]] = []
         self.callbacks: list[TaskCallback] = []
         self.timed_out = False
+        self.entered = False
+        self.cancel_requested = False
         self.has_outcome = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -352,7 +356,12 @@ class TaskManager:
         aio = job.aio
         if job.task.status is not TaskStatus.RUNNING or aio is None:
             return False
-        aio.cancel()
+        if not job.entered:
+            # Not stepped into yet: cancelling the asyncio task now would skip the middleware
+            # (no span, no metrics, no log). Let it enter; _execute sees the request instead.
+            job.cancel_requested = True
+        else:
+            aio.cancel()
         if asyncio.current_task() is aio:
             return True  # a task cancelling itself: it unwinds at its next await
         await asyncio.wait({aio})
@@ -477,6 +486,7 @@ class TaskManager:
         job.aio.add_done_callback(lambda _aio: self._finish(job))
 
     async def _run(self, job: _Job) -> None:
+        job.entered = True
         set_current(self, job.task)
         chain = self._chain
         if chain is None:
@@ -503,6 +513,8 @@ class TaskManager:
         if task.timeout is not None:
             handle = self._loop.call_later(task.timeout, self._expire, job)
         try:
+            if job.cancel_requested:  # cancel_task() came before the task's first step
+                raise asyncio.CancelledError
             result = await invocation.run(task.id)
         except asyncio.CancelledError as exc:
             if job.timed_out:

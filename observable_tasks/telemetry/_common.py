@@ -8,7 +8,9 @@ __all__ = ["error_type", "trace_ids_from_headers"]
 def error_type(error: BaseException) -> str:
     """Low-cardinality name of an exception class: ``ValueError``, ``myapp.errors.Boom``."""
     cls = type(error)
-    if cls.__module__ in ("builtins", "asyncio.exceptions"):
+    if cls.__module__ in ("builtins", "asyncio.exceptions") or cls.__module__.startswith(
+        "observable_tasks."
+    ):
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
 

@@ -64,18 +64,24 @@ class TaskLogger(TaskObserver):
 
     # -- observer hooks -----------------------------------------------------------------------
 
-    def on_created(self, task: Task) -> None:
-        if not self._on(logging.INFO):
-            return
-        fields = self._fields(task)
+    @staticmethod
+    def _fields_outside(task: Task) -> dict[str, Any]:
+        """Fields for events outside execution: the trace is that of the task's "send" span."""
+        fields = TaskLogger._fields(task)
         ids = trace_ids_from_headers(task.headers)
-        if ids is not None:  # the "send" span of this task
+        if ids is not None:
             fields[_F.TRACE_ID], fields[_F.SPAN_ID] = ids
-        self._log.info(LOG_EVENTS["created"], **fields, timeout_s=task.timeout)
+        return fields
+
+    def on_created(self, task: Task) -> None:
+        if self._on(logging.INFO):
+            self._log.info(
+                LOG_EVENTS["created"], **self._fields_outside(task), timeout_s=task.timeout
+            )
 
     def on_cancelled_pending(self, task: Task) -> None:
         if self._on(logging.INFO):
-            self._log.info(LOG_EVENTS["cancelled"], **self._fields(task), was_running=False)
+            self._log.info(LOG_EVENTS["cancelled"], **self._fields_outside(task), was_running=False)
 
     def on_progress(self, task: Task, progress: float) -> None:
         last = self._last_progress.get(task.id, -math.inf)
@@ -90,7 +96,7 @@ class TaskLogger(TaskObserver):
     def on_evicted(self, task: Task) -> None:
         self._last_progress.pop(task.id, None)
         if self._on(logging.DEBUG):
-            self._log.debug(LOG_EVENTS["evicted"], **self._fields(task))
+            self._log.debug(LOG_EVENTS["evicted"], **self._fields_outside(task))
 
     # -- middleware ---------------------------------------------------------------------------
 
