@@ -1,0 +1,157 @@
+"""structlog events: task ids everywhere, bound into the task only, levels and throttling."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import structlog
+from telemetry_kit import captured_structlog, instrumented
+
+from observable_tasks import TaskConfig, update_task_progress
+from observable_tasks.telemetry import configure_logging
+
+log = structlog.get_logger("user")
+
+
+async def test_lifecycle_events_carry_task_fields_and_user_logs_carry_the_task_id() -> None:
+    async def work(task_id: str) -> int:
+        log.info("user.step", n=1)
+        return 1
+
+    with instrumented() as kit:
+        structlog.contextvars.bind_contextvars(request_id="r-1")
+        task = await kit.manager.create_task(work, name="nice name")
+        await kit.manager.wait_for_task(task.id)
+        # Nothing the task bound leaks back into the creating context.
+        assert "task_id" not in structlog.contextvars.get_contextvars()
+        events = [e["event"] for e in kit.events() if e.get("task_id") == task.id]
+        assert events == ["task.created", "task.started", "user.step", "task.completed"]
+        created, started, user, completed = [e for e in kit.events() if e.get("task_id") == task.id]
+        assert created["task_name"] == "nice name"
+        assert created["task_function"] == task.function
+        assert created["status"] == "pending"
+        assert completed["status"] == "completed"
+        assert completed["duration_s"] >= 0
+        assert started["queue_wait_s"] >= 0
+        assert user["task_name"] == "nice name"
+        assert "request_id" not in user  # the task runs in a fresh context
+        trace_ids = {e["trace_id"] for e in (created, started, user, completed)}
+        assert len(trace_ids) == 1
+        assert user["span_id"] == started["span_id"]  # the process span
+        assert created["span_id"] != started["span_id"]  # the send span
+
+
+async def test_failure_and_timeout_events() -> None:
+    async def fails() -> None:
+        raise ValueError("broken input")
+
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    with instrumented() as kit:
+        failed = await kit.manager.create_task(fails)
+        timed = await kit.manager.create_task(slow, timeout=0.05)
+        await kit.manager.wait_for_task(failed.id)
+        await kit.manager.wait_for_task(timed.id)
+        (f,) = kit.events("task.failed")
+        assert f["task_id"] == failed.id
+        assert f["error_type"] == "ValueError"
+        assert f["error"] == "broken input"
+        assert isinstance(f["exc_info"], ValueError)
+        assert f["log_level"] == "error"
+        (t,) = kit.events("task.timeout")
+        assert t["task_id"] == timed.id
+        assert t["log_level"] == "warning"
+        assert t["timeout_s"] == 0.05
+
+
+async def test_log_level_from_config_is_honoured() -> None:
+    async def ok() -> None:
+        return None
+
+    async def fails() -> None:
+        raise ValueError("x")
+
+    with instrumented(TaskConfig(log_level="WARNING")) as kit:
+        a = await kit.manager.create_task(ok)
+        b = await kit.manager.create_task(fails)
+        await kit.manager.wait_for_task(a.id)
+        await kit.manager.wait_for_task(b.id)
+        assert [e["event"] for e in kit.events()] == ["task.failed"]
+
+
+async def test_progress_is_logged_in_steps_not_per_update() -> None:
+    async def steps(task_id: str) -> None:
+        for i in range(1, 201):
+            await update_task_progress(task_id, i / 2)
+
+    with instrumented() as kit:
+        task = await kit.manager.create_task(steps)
+        await kit.manager.wait_for_task(task.id)
+        progress = [e["progress"] for e in kit.events("task.progress")]
+        assert progress[-1] == 100.0
+        assert 10 <= len(progress) <= 11
+        assert progress == sorted(progress)
+        assert task.progress == 100.0
+
+
+async def test_cancel_while_pending_is_logged_with_the_send_trace() -> None:
+    gate = asyncio.Event()
+
+    async def blocked() -> None:
+        await gate.wait()
+
+    with instrumented(TaskConfig(max_concurrent_tasks=1)) as kit:
+        first = await kit.manager.create_task(blocked)
+        second = await kit.manager.create_task(blocked)
+        assert await kit.manager.cancel_task(second.id)
+        gate.set()
+        await kit.manager.wait_for_task(first.id)
+        (cancelled,) = [e for e in kit.events("task.cancelled") if e["task_id"] == second.id]
+        assert cancelled["was_running"] is False
+        (created,) = [e for e in kit.events("task.created") if e["task_id"] == second.id]
+        assert cancelled["trace_id"] == created["trace_id"]
+
+
+def test_configure_logging_renders_json_with_trace_ids() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    stream = io.StringIO()
+    try:
+        configure_logging(json=True, stream=stream, cache_loggers=False)
+        tracer = TracerProvider().get_tracer("t")
+        with tracer.start_as_current_span("s") as span:
+            structlog.get_logger("x").info("hello", k=1)
+        structlog.get_logger("x").debug("hidden")  # below the INFO default
+    finally:
+        structlog.reset_defaults()
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "hello"
+    assert record["level"] == "info"
+    assert record["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert record["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert "timestamp" in record
+
+
+def test_configure_logging_console_and_bad_level() -> None:
+    import pytest
+
+    stream = io.StringIO()
+    try:
+        configure_logging(json=False, stream=stream, cache_loggers=False)
+        structlog.get_logger().info("readable", a=1)
+        with pytest.raises(ValueError, match="unknown log level"):
+            configure_logging(level="LOUD")
+    finally:
+        structlog.reset_defaults()
+    assert "readable" in stream.getvalue()
+    assert not stream.getvalue().lstrip().startswith("{")
+
+
+def test_captured_structlog_helper_restores_defaults() -> None:
+    with captured_structlog():
+        pass
+    assert not structlog.is_configured()

@@ -1,0 +1,151 @@
+"""Prometheus metrics: bounded labels, gauges computed at scrape time, failsafe counting."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, generate_latest
+from telemetry_kit import instrumented
+
+from observable_tasks import TaskConfig, TaskManager, TaskObserver
+from observable_tasks.telemetry import TaskMetrics, instrument, names
+
+TOTAL = "_total"
+
+
+async def noop() -> None:
+    return None
+
+
+async def other() -> None:
+    return None
+
+
+async def third() -> None:
+    return None
+
+
+async def fourth() -> None:
+    return None
+
+
+async def test_labels_use_the_function_not_the_display_name() -> None:
+    with instrumented() as kit:
+        for i in range(5):
+            task = await kit.manager.create_task(noop, name=f"process_file_{i}.txt")
+            await kit.manager.wait_for_task(task.id)
+        text = generate_latest(kit.registry).decode()
+        assert "process_file_" not in text
+        assert task.id not in text
+        fn = task.function
+        assert fn == "test_metrics.noop"
+        assert kit.sample(names.TASKS_FINISHED + TOTAL, task=fn, status="completed") == 5
+        # Every status is pre-created at 0, so rate() sees the first increase.
+        assert (
+            kit.registry.get_sample_value(
+                names.metric_name(names.TASKS_FINISHED + TOTAL), {"task": fn, "status": "timeout"}
+            )
+            == 0.0
+        )
+        assert kit.sample(names.TASK_LAST_SUCCESS, task=fn) > 1.7e9
+
+
+async def test_label_cap_folds_the_excess_and_counts_it() -> None:
+    with instrumented(max_task_labels=2) as kit:
+        for fn in (noop, other, third, fourth):
+            task = await kit.manager.create_task(fn)
+            await kit.manager.wait_for_task(task.id)
+        created = names.TASKS_CREATED + TOTAL
+        assert kit.sample(created, task="test_metrics.noop") == 1
+        assert kit.sample(created, task="test_metrics.other") == 1
+        assert kit.sample(created, task=names.OVERFLOW_VALUE) == 2
+        assert kit.sample(created, task="test_metrics.third") == 0
+        assert kit.sample(names.LABEL_OVERFLOW + TOTAL, label="task") >= 2
+
+
+async def test_running_pending_and_limit_are_read_at_scrape_time() -> None:
+    with instrumented(TaskConfig(max_concurrent_tasks=2)) as kit:
+        gate = asyncio.Event()
+        started = asyncio.Event()
+
+        async def blocked() -> None:
+            started.set()
+            await gate.wait()
+
+        tasks = [await kit.manager.create_task(blocked) for _ in range(5)]
+        await started.wait()
+        fn = tasks[0].function
+        assert kit.sample(names.TASKS_RUNNING, task=fn) == 2
+        assert kit.sample(names.TASKS_PENDING, task=fn) == 3
+        assert kit.sample(names.TASKS_CONCURRENCY_LIMIT) == 2
+        gate.set()
+        await asyncio.gather(*(kit.manager.wait_for_task(t.id) for t in tasks))
+        assert kit.sample(names.TASKS_RUNNING, task=fn) == 0
+        assert kit.sample(names.TASKS_PENDING, task=fn) == 0
+        assert kit.sample(names.TASK_QUEUE_WAIT + "_count", task=fn) == 5
+
+
+async def test_two_managers_share_one_registry_without_duplicate_errors() -> None:
+    registry = CollectorRegistry()
+    first = TaskManager(TaskConfig(max_concurrent_tasks=3))
+    second = TaskManager(TaskConfig(max_concurrent_tasks=4))
+    instrument(first, registry=registry, tracing=False, logs=False)
+    instrument(second, registry=registry, tracing=False, logs=False)
+    for manager in (first, second):
+        task = await manager.create_task(noop)
+        await manager.wait_for_task(task.id)
+    value = registry.get_sample_value
+    limit = names.metric_name(names.TASKS_CONCURRENCY_LIMIT)
+    assert value(limit) == 7
+    created = names.metric_name(names.TASKS_CREATED + TOTAL)
+    assert value(created, {"task": "test_metrics.noop"}) == 2
+
+
+async def test_failures_in_telemetry_are_counted_and_never_fail_the_task() -> None:
+    class Broken(TaskObserver):
+        def on_created(self, task: object) -> None:
+            raise RuntimeError("observer bug")
+
+    async def broken_middleware(task: object, call_next: object) -> None:
+        raise RuntimeError("middleware bug")
+
+    with instrumented() as kit:
+        kit.manager.add_observer(Broken())
+        kit.manager.add_middleware(broken_middleware, name="broken")
+        task = await kit.manager.create_task(noop)
+        await kit.manager.wait_for_task(task.id)
+        assert task.status.value == "completed"
+        errors = names.TELEMETRY_ERRORS + TOTAL
+        assert kit.sample(errors, component="Broken.on_created") == 1
+        assert kit.sample(errors, component="broken") == 1
+        assert kit.manager.internal_errors["broken"] == 1
+
+
+async def test_errors_by_type_and_durations_by_status() -> None:
+    async def fails() -> None:
+        raise LookupError("x")
+
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    with instrumented() as kit:
+        for fn, timeout in ((fails, None), (fails, None), (slow, 0.05)):
+            task = await kit.manager.create_task(fn, timeout=timeout)
+            await kit.manager.wait_for_task(task.id)
+        f = "test_metrics.test_errors_by_type_and_durations_by_status.<locals>.fails"
+        s = "test_metrics.test_errors_by_type_and_durations_by_status.<locals>.slow"
+        assert kit.sample(names.TASK_ERRORS + TOTAL, task=f, error_type="LookupError") == 2
+        assert kit.sample(names.TASK_ERRORS + TOTAL, task=s, error_type="TaskTimeoutError") == 1
+        assert kit.sample(names.TASK_DURATION + "_count", task=s, status="timeout") == 1
+        assert kit.sample(names.TASK_DURATION + "_sum", task=s, status="timeout") >= 0.04
+
+
+def test_every_metric_in_names_is_exported() -> None:
+    registry = CollectorRegistry()
+    TaskMetrics(registry)
+    manager = TaskManager()
+    metrics = TaskMetrics(registry)
+    metrics.attach(manager)
+    families = {m.name for m in registry.collect()}
+    for suffix in names.METRICS:
+        assert names.metric_name(suffix) in families, suffix

@@ -1,0 +1,166 @@
+"""setup_tasks wires telemetry in; /metrics; configure_tracing from the environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from nexios import NexiosApp
+from nexios.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from telemetry_kit import captured_structlog
+
+from observable_tasks import create_task, setup_tasks
+from observable_tasks.telemetry import configure_tracing, names
+
+
+async def double(x: int) -> int:
+    return x * 2
+
+
+def make_app(**options: Any) -> tuple[NexiosApp, CollectorRegistry, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    registry = CollectorRegistry()
+    app = NexiosApp()
+    manager = setup_tasks(app, tracer_provider=provider, registry=registry, **options)
+
+    @app.post("/double")
+    async def start(request: Any, response: Any) -> Any:
+        task = await create_task(double, 21)
+        await manager.wait_for_task(task.id)
+        return {"task_id": task.id, "result": task.result}
+
+    return app, registry, exporter
+
+
+def test_metrics_route_serves_the_registry_get_only_and_survives_a_405() -> None:
+    app, _, _ = make_app()
+    with TestClient(app) as client:
+        assert client.post("/double").json()["result"] == 42
+        first = client.get("/metrics")
+        assert first.status_code == 200
+        assert first.headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
+        series = 'observable_tasks_finished_total{status="completed",task="%s"} 1.0'
+        assert series % "test_telemetry_setup.double" in first.text
+        wrong = client.post("/metrics")
+        assert wrong.status_code == 405
+        assert wrong.headers["allow"] == "GET, HEAD"
+        # Nexios makes a 405 "sticky" for normal routes; /metrics must keep working.
+        assert client.get("/metrics").status_code == 200
+        assert client.head("/metrics").status_code == 200
+        om = client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert om.headers["content-type"].startswith("application/openmetrics-text")
+        assert om.text.rstrip().endswith("# EOF")
+        schema = client.get("/openapi.json").json()
+        assert "/metrics" not in schema.get("paths", {})
+        assert "/double" in schema.get("paths", {})
+
+
+def test_metrics_path_is_configurable_and_can_be_switched_off() -> None:
+    app, _, _ = make_app(metrics_path="/internal/metrics")
+    with TestClient(app) as client:
+        assert client.get("/internal/metrics").status_code == 200
+        assert client.get("/metrics").status_code == 404
+    app, registry, _ = make_app(metrics_path=None)
+    with TestClient(app) as client:
+        client.post("/double")
+        assert client.get("/metrics").status_code == 404
+    created = names.metric_name(names.TASKS_CREATED + "_total")
+    assert registry.get_sample_value(created, {"task": "test_telemetry_setup.double"}) == 1
+
+
+def test_each_part_can_be_switched_off() -> None:
+    with captured_structlog() as logs:
+        app, registry, exporter = make_app(tracing=False, logs=False)
+        with TestClient(app) as client:
+            client.post("/double")
+        assert exporter.get_finished_spans() == ()
+        assert logs.entries == []
+        created = names.metric_name(names.TASKS_CREATED + "_total")
+        assert registry.get_sample_value(created, {"task": "test_telemetry_setup.double"}) == 1
+
+        app, registry, exporter = make_app(telemetry=False)
+        with TestClient(app) as client:
+            client.post("/double")
+            assert client.get("/metrics").status_code == 404
+        assert exporter.get_finished_spans() == ()
+        assert list(registry.collect()) == []
+        assert logs.entries == []
+
+
+def test_trace_requests_gives_one_trace_request_send_process() -> None:
+    app, _, exporter = make_app(trace_requests=True)
+    with TestClient(app) as client:
+        task_id = client.post("/double").json()["task_id"]
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER and "/double" in s.name]
+    (send,) = [s for s in spans if s.kind is SpanKind.PRODUCER]
+    (process,) = [s for s in spans if s.kind is SpanKind.CONSUMER]
+    assert process.attributes[names.ATTR.MESSAGE_ID] == task_id
+    assert send.parent.span_id == server.context.span_id
+    assert process.parent.span_id == send.context.span_id
+    assert {s.context.trace_id for s in (server, send, process)} == {server.context.trace_id}
+
+
+def test_configure_tracing_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "svc-from-env")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    provider = configure_tracing("fallback", set_global=False)
+    assert provider.resource.attributes["service.name"] == "svc-from-env"
+    assert provider._active_span_processor._span_processors == ()
+
+    monkeypatch.delenv("OTEL_SERVICE_NAME")
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    provider = configure_tracing("fallback", set_global=False)
+    assert provider.resource.attributes["service.name"] == "fallback"
+    (processor,) = provider._active_span_processor._span_processors
+    assert isinstance(processor, BatchSpanProcessor)
+    provider.shutdown()
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    provider = configure_tracing(set_global=False)
+    (processor,) = provider._active_span_processor._span_processors
+    assert isinstance(processor, SimpleSpanProcessor)  # console when no endpoint
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    provider = configure_tracing(exporter="none", set_global=False)
+    assert not provider.get_tracer("t").start_span("x").is_recording()
+
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER"):
+        configure_tracing(exporter="zipkin", set_global=False)
+
+
+def test_nothing_is_configured_on_import() -> None:
+    code = """
+import json, structlog
+from opentelemetry import trace
+import observable_tasks, observable_tasks.telemetry, observable_tasks.demo
+from observable_tasks.demo import create_app
+print(json.dumps({
+    "provider": type(trace.get_tracer_provider()).__name__,
+    "structlog": structlog.is_configured(),
+}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"provider": "ProxyTracerProvider", "structlog": False}
+
+
+def test_telemetry_public_names() -> None:
+    import observable_tasks.telemetry as telemetry
+
+    for name in telemetry.__all__:
+        assert hasattr(telemetry, name), name
