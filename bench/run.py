@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclasses.dataclass
 class Settings:
-    n: int = 20_000  # tasks per throughput run
-    reps: int = 9  # rounds of every variant
+    n: int = 10_000  # tasks per throughput run
+    reps: int = 7  # rounds of every variant
     wave: int = 500  # tasks created before the wave is awaited
     warmup: int = 2_000
     memory_tasks: int = 100_000
@@ -42,6 +42,7 @@ class Settings:
     latency_samples: int = 5_000
     scrape_functions: int = 100
     scrapes: int = 30
+    flat_variant: str = "instrumented"
     smoke: bool = False
 
     @classmethod
@@ -74,7 +75,7 @@ class Target:
 
 
 def _targets(results: dict[str, Any]) -> list[Target]:
-    med = {k: v["median_us"] for k, v in results["throughput"].items()}
+    med = {k: v["median_us"] for k, v in results.get("throughput", {}).items()}
 
     def ratio(a: str, b: str) -> float | None:
         return med[a] / med[b] if a in med and b in med else None
@@ -248,7 +249,7 @@ async def run(settings: Settings, sections: set[str]) -> dict[str, Any]:
         mem["nexios-contrib"] = await retained_memory_nexios(s.memory_tasks, s.wave)
         results["memory"] = mem
     if "flat" in sections:
-        subject = ours_inst or ours_core
+        subject = ours_inst if ours_inst and s.flat_variant == "instrumented" else ours_core
         _say(f"flat memory over {s.flat_tasks} tasks ({subject.key}) ...")
         gc.collect()
         flat = await flat_memory(
@@ -375,6 +376,16 @@ def render(results: dict[str, Any]) -> str:
         for key, row in mem.items():
             out.append(f"| `{key}` | {row['bytes_per_task']:.0f} |")
         out.append("")
+        for key, row in mem.items():
+            if row.get("top_allocations"):
+                n = row["tasks"]
+                sites = ", ".join(
+                    f"{a['where'].split('site-packages/')[-1].replace(str(ROOT) + '/', '')} "
+                    f"{a['bytes'] / n:.0f}"
+                    for a in row["top_allocations"]
+                )
+                out.append(f"- `{key}` bytes per task by allocation site: {sites}")
+        out.append("")
     flat = results.get("flat_memory")
     if flat:
         pts = ", ".join(
@@ -442,6 +453,12 @@ def parse(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--flat-tasks", type=int, help="tasks in the long memory run")
     p.add_argument("--memory-tasks", type=int, help="tasks retained for memory per task")
     p.add_argument(
+        "--flat-variant",
+        choices=("core", "instrumented"),
+        default="instrumented",
+        help="manager of the long memory run (instrumented includes the core)",
+    )
+    p.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}"
     )
     p.add_argument("--json", type=Path, help="also write the raw results as JSON here")
@@ -461,6 +478,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse(argv)
+    settings.flat_variant = args.flat_variant
     quiet_logging()
     if args.profile:
         from bench.profile import profile_variant
