@@ -75,8 +75,18 @@ def app():
 
 
 def test_task_creation(app):
-    # The page writes `client = TestClient(app)`; the lifespan (and so the manager) only runs
-    # inside `with`, which is how background tasks get a loop that outlives the request.
+    client = TestClient(app)
+
+    response = client.post("/test-task")
+    assert response.status_code == 200
+
+    data = response.json()
+    assert "task_id" in data
+
+
+def test_task_creation_with_lifespan(app):
+    # Without `with`, the lifespan (and so the manager's start/stop) does not run and each
+    # request gets its own short-lived loop; `with` is how background tasks outlive a request.
     with TestClient(app) as client:
         response = client.post("/test-task")
         assert response.status_code == 200
@@ -336,6 +346,22 @@ def test_deprecated_request_forms_warn_and_work() -> None:
         assert client.get(f"/wait/{pos_id}").json()["result"] == 8
     assert manager_a.get_task(kw_id) is not None
     assert manager_b.get_task(kw_id) is None
+
+
+async def test_a_request_keyword_that_is_not_a_request_goes_to_the_function() -> None:
+    manager = TaskManager(FAST)
+
+    async def uses_request(request: str) -> str:
+        return request
+
+    async def parent() -> str:
+        child = await create_task(func=uses_request, request="just a string")
+        done = await manager.wait_for_task(child.id, timeout=5)
+        return str(done.result)
+
+    task = await manager.create_task(parent)
+    await manager.wait_for_task(task.id, timeout=5)
+    assert task.result == "just a string"
 
 
 async def test_module_create_task_needs_a_function() -> None:

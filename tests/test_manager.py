@@ -366,6 +366,25 @@ async def test_cancel_running_task(manager: TaskManager) -> None:
     assert (await manager.wait_for_task(task.id)) is task
 
 
+async def test_cancel_running_sync_task(manager: TaskManager) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def blocking() -> str:
+        entered.set()
+        release.wait(5)
+        return "too late"
+
+    task = await manager.create_task(blocking)
+    await asyncio.to_thread(entered.wait, 5)
+    try:
+        assert await manager.cancel_task(task.id) is True
+        assert task.status is TaskStatus.CANCELLED
+    finally:
+        release.set()  # the worker thread itself cannot be interrupted
+    assert task.result is None
+
+
 async def test_cancel_finished_or_unknown_task_returns_false(manager: TaskManager) -> None:
     async def work() -> int:
         return 1
