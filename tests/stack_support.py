@@ -272,7 +272,7 @@ class PrometheusServer:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def _api(self, path: str, **params: Any) -> Any:
-        response = self.client.post(f"/api/v1/{path}", data=params)
+        response = self.client.get(f"/api/v1/{path}", params=params)
         body = response.json()
         assert body.get("status") == "success", f"{path} {params}: {body}"
         return body["data"]
@@ -338,6 +338,7 @@ class Query:
     where: str  # panel title or alert name
     expr: str
     instant: bool = False
+    legend: str = ""
 
     def __str__(self) -> str:
         return f"{self.source} / {self.where}: {self.expr}"
@@ -351,7 +352,8 @@ def dashboard_queries() -> list[Query]:
             for target in panel.get("targets", []):
                 if "expr" in target:
                     instant = bool(target.get("instant")) and not target.get("range", False)
-                    found.append(Query(name, panel["title"], target["expr"], instant))
+                    legend = target.get("legendFormat", "")
+                    found.append(Query(name, panel["title"], target["expr"], instant, legend))
     return found
 
 
@@ -368,8 +370,21 @@ def rule_queries() -> list[Query]:
     return found
 
 
+def grafana_regex_escape(value: str) -> str:
+    """How Grafana's Prometheus data source escapes a variable's value inside ``=~"..."``."""
+    return re.sub(r"[\\^$*+?.()|\[\]{}]", lambda m: "\\\\" + m.group(), value)
+
+
 def substitute(expr: str, variables: Mapping[str, str]) -> str:
-    """Replace Grafana variables (``$name``, ``${name}``, ``${name:format}``) in ``expr``."""
+    """Replace Grafana variables (``$name``, ``${name}``, ``${name:format}``) in ``expr``.
+
+    Inside a regex matcher (``=~"$var"``) the value is regex-escaped, as Grafana does.
+    """
+    expr = re.sub(
+        r'(=~")\$(\w+)(")',
+        lambda m: m.group(1) + grafana_regex_escape(variables[m.group(2)]) + m.group(3),
+        expr,
+    )
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
