@@ -5,8 +5,9 @@
 
 It creates tasks of every outcome (completed, failed with ValueError or TaskError, timeout,
 slow, and cancelled through ``POST /tasks/{id}/cancel``) so that every dashboard panel shows data
-within a minute, and every ``--burst-every`` seconds a burst of slow tasks that pushes the app to
-its concurrency limit (saturation, pending backlog). Standard library only: it runs in the app's
+within a minute, and every ``--burst-every`` seconds (the first after at most 30 s) a burst of slow
+tasks that pushes the app to its concurrency limit (saturation, pending backlog): the demo allows
+50 concurrent tasks, a burst brings 60. Standard library only: it runs in the app's
 image. At the end (``--count``/``--duration``, or Ctrl-C) it prints a JSON summary.
 """
 
@@ -178,7 +179,9 @@ class LoadGenerator:
         start = self.clock()
         interval = 1.0 / self.rate
         next_send = start
-        next_burst = start + self.burst_every if self.burst_every > 0 else float("inf")
+        # The first burst comes early (at most 30 s in), so saturation shows up at once.
+        first_burst = min(30.0, self.burst_every)
+        next_burst = start + first_burst if self.burst_every > 0 else float("inf")
         next_report = start + 10.0
         queue = self.outcomes()
         names, weights = list(self.mix), list(self.mix.values())
