@@ -179,3 +179,13 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     assert ".git" in ignored
     for needed in ("pyproject.toml", "README.md", "observable_tasks", "examples"):
         assert needed not in ignored
+
+
+def test_the_stack_is_documented() -> None:
+    doc = (REPO / "docs" / "observability-stack.md").read_text()
+    assert "docker compose up --build" in doc
+    for address in ("localhost:8000", "localhost:9090", "localhost:3000", "localhost:16686"):
+        assert address in doc
+    assert "verified\nstatically" in doc or "verified statically" in doc
+    for alert in ("HighFailureRatio", "HighTimeoutRatio", "PendingBacklogHigh", "Saturated"):
+        assert f"ObservableTasks{alert}" in doc
