@@ -110,9 +110,13 @@ def guard(middleware: TaskMiddleware, name: str, report: ErrorReporter) -> TaskM
         except BaseException as exc:
             if finished and exc is error:
                 raise
-            if not called and isinstance(exc, asyncio.CancelledError):
-                raise  # a real cancellation that arrived before execution
-            report(name, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                if not called:
+                    raise  # a real cancellation that arrived before execution
+                # Cancelled while the middleware finished its own work: the function's outcome
+                # already stands, and a late cancel is no middleware failure.
+            else:
+                report(name, exc)
         else:
             if not called:
                 report(name, RuntimeError(f"middleware {name} did not call call_next"))
