@@ -112,6 +112,15 @@ def _eventually(prom: PrometheusServer, expr: str, want: float, what: str) -> No
     wait_for(lambda: prom.scalar(expr) == want, timeout=20, interval=0.2, what=what)
 
 
+def _two_more_scrapes(prom: PrometheusServer) -> None:
+    settled = time.time() + 2
+    wait_for(
+        lambda: (prom.scalar(f"timestamp(up{{{SEL}}})") or 0) > settled,
+        timeout=20,
+        what="two more scrapes",
+    )
+
+
 def _drive(demo: DemoProcess, prom: PrometheusServer, w: Workload) -> None:
     marks = w.marks
     marks["start"] = time.time() - 1
@@ -139,6 +148,7 @@ def _drive(demo: DemoProcess, prom: PrometheusServer, w: Workload) -> None:
         2,
         "the saturation and backlog alerts",
     )
+    _two_more_scrapes(prom)  # so that every 1 s query step sees the peak
     statuses = {t["id"]: t["status"] for t in demo.tasks()}
     pending = [i for i in slow if statuses[i] == "pending"]
     running = [i for i in slow if statuses[i] == "running"]
@@ -185,12 +195,7 @@ def _drive(demo: DemoProcess, prom: PrometheusServer, w: Workload) -> None:
     )
     # Two more scrapes and rule evaluations of the final state: rate() and the range queries
     # ending at marks["end"] then see it.
-    settled = time.time() + 2
-    wait_for(
-        lambda: (prom.scalar(f"timestamp(up{{{SEL}}})") or 0) > settled,
-        timeout=20,
-        what="two more scrapes",
-    )
+    _two_more_scrapes(prom)
     marks["end"] = time.time()
 
 
@@ -241,9 +246,9 @@ def test_counts_agree_with_the_workload(workload: Workload) -> None:
         DEMO_TASK: 1
     }
     assert prom.scalar(f"observable_tasks_concurrency_limit{{{SEL}}}", at) == LIMIT
-    window = f"[{math.ceil(workload.end - workload.start)}s:1s]"
-    peak_running = f"max_over_time(sum(observable_tasks_running{{{SEL}}}){window})"
-    peak_pending = f"max_over_time(sum(observable_tasks_pending{{{SEL}}}){window})"
+    window = f"[{math.ceil(workload.end - workload.start)}s]"  # raw samples: exact peaks
+    peak_running = f"max(max_over_time(observable_tasks_running{{{SEL}}}{window}))"
+    peak_pending = f"max(max_over_time(observable_tasks_pending{{{SEL}}}{window}))"
     assert prom.scalar(peak_running, at) == LIMIT
     assert prom.scalar(peak_pending, at) == SATURATING - LIMIT
     assert prom.scalar(f"sum(observable_tasks_running{{{SEL}}})", at) == 0
@@ -277,8 +282,13 @@ def _series_max(result: list[dict[str, Any]], label: str) -> dict[str, float]:
 
 
 def _about(value: float, expected: float) -> bool:
-    """``increase()`` over the range: exact counts, plus Prometheus' extrapolation at the end."""
-    return expected - 0.01 <= value <= expected * 1.15 + 0.01
+    """``increase()`` over the range: never less than the count, plus Prometheus' extrapolation.
+
+    Prometheus extends a series' increase by up to half a scrape interval before its first
+    sample and up to one interval after its last: a lot for a series only seconds old (the
+    error types here), a little for the others.
+    """
+    return expected - 0.01 <= value <= expected * 1.6 + 0.01
 
 
 # Panel title -> check of its result (beyond "returns data"), per dashboard file.
