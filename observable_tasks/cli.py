@@ -25,6 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="server worker processes; >1 turns on Prometheus multiprocess mode",
     )
     demo.add_argument("--log-level", default="info", help="uvicorn's own log level")
+    demo.add_argument(
+        "--max-concurrent-tasks",
+        type=int,
+        default=None,
+        help="the demo's concurrency limit (default 50; env DEMO_MAX_CONCURRENT_TASKS)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
@@ -36,6 +42,11 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise SystemExit("--workers must be >= 1")
+    if args.max_concurrent_tasks is not None:
+        if args.max_concurrent_tasks < 1:
+            raise SystemExit("--max-concurrent-tasks must be >= 1")
+        # An environment variable reaches every worker process (they import the app anew).
+        os.environ["DEMO_MAX_CONCURRENT_TASKS"] = str(args.max_concurrent_tasks)
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # prometheus_client needs this set before the workers start, and empty.
         folder = os.path.join(tempfile.gettempdir(), f"observable-tasks-metrics-{os.getpid()}")

@@ -46,7 +46,8 @@ def create_app(
 
     ``time_scale`` multiplies every simulated delay (tests use 0.01; env ``DEMO_TIME_SCALE``).
     ``data_dir`` holds the files ``/process-file`` may read and where exports go (env
-    ``DEMO_DATA_DIR``; default: a temporary folder with a few sample files).
+    ``DEMO_DATA_DIR``; default: a temporary folder with a few sample files). Without ``config``,
+    at most ``DEMO_MAX_CONCURRENT_TASKS`` (default 50) tasks run at once.
     Other keyword arguments go to :func:`setup_tasks`.
     """
     scale = float(os.environ.get("DEMO_TIME_SCALE", "1")) if time_scale is None else time_scale
@@ -55,9 +56,10 @@ def create_app(
     _settings.update(time_scale=scale, data_dir=str(data))  # read by the task functions below
 
     app = NexiosApp(title="observable-tasks demo")
-    task_manager = setup_tasks(
-        app, config or TaskConfig(max_concurrent_tasks=50, default_timeout=300), **setup_options
-    )
+    if config is None:
+        limit = int(os.environ.get("DEMO_MAX_CONCURRENT_TASKS", "50"))
+        config = TaskConfig(max_concurrent_tasks=limit, default_timeout=300)
+    task_manager = setup_tasks(app, config, **setup_options)
     app.state["demo_data_dir"] = str(data)
 
     # -- Basic usage -----------------------------------------------------------------------

@@ -149,3 +149,26 @@ def test_every_metric_in_names_is_exported() -> None:
     families = {m.name for m in registry.collect()}
     for suffix in names.METRICS:
         assert names.metric_name(suffix) in families, suffix
+
+
+async def test_known_series_start_at_zero() -> None:
+    with instrumented() as kit:
+        task = await kit.manager.create_task(noop)
+        await kit.manager.wait_for_task(task.id)
+        value = kit.registry.get_sample_value
+        errors = names.metric_name(names.TASK_ERRORS + TOTAL)
+        assert value(errors, {"task": task.function, "error_type": "TaskTimeoutError"}) == 0.0
+        telemetry = names.metric_name(names.TELEMETRY_ERRORS + TOTAL)
+        for component in ("tracing", "metrics", "logs"):
+            assert value(telemetry, {"component": component}) == 0.0
+
+
+def test_demo_concurrency_limit_from_environment(monkeypatch: object) -> None:
+    import pytest
+
+    from observable_tasks.demo import create_app
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setenv("DEMO_MAX_CONCURRENT_TASKS", "3")
+    app = create_app(registry=CollectorRegistry(), tracing=False, logs=False)
+    assert app.state["task_manager"].config.max_concurrent_tasks == 3

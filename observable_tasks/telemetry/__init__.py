@@ -88,4 +88,6 @@ def instrument(
         log = TaskLogger(logger, level=manager.config.log_level_no)
         manager.add_observer(log)
         manager.add_middleware(log, name="logs")
+    if metric is not None:
+        metric.expect_components(manager.middleware_names)
     return Instrumentation(tracer, metric, log)

@@ -199,6 +199,9 @@ class _Bound:
         # Pre-create every status so rate() sees 0 -> 1 instead of a series appearing at 1.
         self.finished = {s: families.finished.labels(label, s) for s in names.FINISHED_STATUSES}
         self.duration = {s: families.duration.labels(label, s) for s in names.FINISHED_STATUSES}
+        # The one error type known in advance starts at 0 too (a first timeout then shows in
+        # increase()); other exception classes appear when first raised.
+        families.errors.labels(label, "TaskTimeoutError")
         self.running = families.running.labels(label) if families.running is not None else None
         self.pending = families.pending.labels(label) if families.pending is not None else None
 
@@ -233,6 +236,11 @@ class TaskMetrics(TaskObserver):
             self._f.collector.managers.add(manager)
         elif self._f.limit is not None:
             self._f.limit.inc(manager.config.max_concurrent_tasks)
+
+    def expect_components(self, components: Iterable[str]) -> None:
+        """Create ``telemetry_errors_total{component}`` series at 0 for components known now."""
+        for component in components:
+            self._f.telemetry_errors.labels(component)
 
     def _for(self, task: Task) -> _Bound:
         bound = self._bound.get(task.function)
