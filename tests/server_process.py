@@ -158,7 +158,6 @@ def serve(
     ``observable-tasks <args> --port P`` (the console script installed next to this Python,
     else ``python -m observable_tasks.cli``).
     """
-    port = free_port()
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for key, value in (env or {}).items():  # None: unset it
         if value is None:
@@ -166,18 +165,33 @@ def serve(
         else:
             full_env[key] = value
     if uvicorn:
-        argv = [sys.executable, "-m", "uvicorn", *args, "--host", "127.0.0.1", "--port", str(port)]
+        launcher = [sys.executable, "-m", "uvicorn", *args, "--host", "127.0.0.1"]
     else:
         script = Path(sys.executable).parent / "observable-tasks"
-        launcher = (
-            [str(script)] if script.exists() else [sys.executable, "-m", "observable_tasks.cli"]
+        cli = [str(script)] if script.exists() else [sys.executable, "-m", "observable_tasks.cli"]
+        launcher = [*cli, *args]
+    for attempt in range(3):
+        # The free port may be taken by someone else before the server binds it: try another.
+        port = free_port()
+        server = ServerProcess(
+            [*launcher, "--port", str(port)],
+            port=port,
+            env=full_env,
+            log_dir=log_dir,
+            name=name,
+            startup_timeout=startup_timeout,
         )
-        argv = [*launcher, *args, "--port", str(port)]
-    server = ServerProcess(
-        argv, port=port, env=full_env, log_dir=log_dir, name=name, startup_timeout=startup_timeout
-    )
-    with server:
+        try:
+            server.start()
+        except RuntimeError:
+            if attempt == 2 or "address already in use" not in server.stderr().lower():
+                raise
+            continue
+        break
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 def scrape_metrics(
