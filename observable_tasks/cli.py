@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 
@@ -47,19 +48,29 @@ def _demo(args: argparse.Namespace) -> int:
             raise SystemExit("--max-concurrent-tasks must be >= 1")
         # An environment variable reaches every worker process (they import the app anew).
         os.environ["DEMO_MAX_CONCURRENT_TASKS"] = str(args.max_concurrent_tasks)
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    made = None
+    supplied = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if supplied and os.path.isdir(supplied) and os.listdir(supplied):
+        print(
+            f"observable-tasks: warning: PROMETHEUS_MULTIPROC_DIR={supplied} is not empty; "
+            "metric files of earlier runs will be added into the totals",
+            file=sys.stderr,
+        )
+    if args.workers > 1 and not supplied:
         # prometheus_client needs this set before the workers start, and empty.
-        folder = os.path.join(tempfile.gettempdir(), f"observable-tasks-metrics-{os.getpid()}")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.makedirs(folder)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-    uvicorn.run(
-        "observable_tasks.demo:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-    )
+        made = tempfile.mkdtemp(prefix="observable-tasks-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    try:
+        uvicorn.run(
+            "observable_tasks.demo:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -102,7 +103,7 @@ def setup_tasks(
 
             add_metrics_route(app, metrics_path, registry)
     if telemetry and trace_requests:
-        _trace_requests(app, tracer_provider)
+        _trace_requests(app, tracer_provider, metrics_path if metrics else None)
     for mw in middleware:
         manager.add_middleware(mw)
     for obs in observers:
@@ -114,7 +115,9 @@ def setup_tasks(
     return manager
 
 
-def _trace_requests(app: NexiosApp, tracer_provider: TracerProvider | None) -> None:
+def _trace_requests(
+    app: NexiosApp, tracer_provider: TracerProvider | None, metrics_path: str | None
+) -> None:
     try:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -123,6 +126,9 @@ def _trace_requests(app: NexiosApp, tracer_provider: TracerProvider | None) -> N
             "pip install 'observable-tasks[asgi]'"
         ) from exc
     options: dict[str, Any] = {"tracer_provider": tracer_provider}
+    if metrics_path:
+        # Scrapes every few seconds would otherwise fill the trace store with /metrics spans.
+        options["excluded_urls"] = re.escape(metrics_path) + "$"
     app.wrap_asgi(OpenTelemetryMiddleware, **options)
 
 

@@ -47,6 +47,8 @@ class TaskObserver:
 
     Hooks are called synchronously. ``on_created`` runs in the creator's context (inside the
     request that created the task), which is where a tracer starts its "send" span.
+    ``on_created`` and ``on_progress`` run in the caller's thread, which is a worker thread
+    when a sync task creates tasks or reports progress: keep hooks thread-safe.
     """
 
     def on_created(self, task: Task) -> None:

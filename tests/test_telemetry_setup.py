@@ -11,7 +11,11 @@ import pytest
 from nexios import NexiosApp
 from nexios.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
@@ -102,8 +106,10 @@ def test_trace_requests_gives_one_trace_request_send_process() -> None:
     app, _, exporter = make_app(trace_requests=True)
     with TestClient(app) as client:
         task_id = client.post("/double").json()["task_id"]
+        assert client.get("/metrics").status_code == 200
     spans = exporter.get_finished_spans()
-    (server,) = [s for s in spans if s.kind is SpanKind.SERVER and "/double" in s.name]
+    assert "/double" in next(s.name for s in spans if s.kind is SpanKind.SERVER)
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]  # /metrics is not traced
     (send,) = [s for s in spans if s.kind is SpanKind.PRODUCER]
     (process,) = [s for s in spans if s.kind is SpanKind.CONSUMER]
     assert process.attributes[names.ATTR.MESSAGE_ID] == task_id
@@ -131,7 +137,10 @@ def test_configure_tracing_reads_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
     provider = configure_tracing(set_global=False)
     (processor,) = provider._active_span_processor._span_processors
-    assert isinstance(processor, SimpleSpanProcessor)  # console when no endpoint
+    # Console when no endpoint, batched (never written on the event loop), to stderr.
+    assert isinstance(processor, BatchSpanProcessor)
+    assert isinstance(processor._batch_processor._exporter, ConsoleSpanExporter)
+    provider.shutdown()
 
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
     provider = configure_tracing(exporter="none", set_global=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -15,7 +16,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
-    SimpleSpanProcessor,
     SpanExporter,
 )
 
@@ -23,7 +23,7 @@ __all__ = ["configure_tracing"]
 
 logger = logging.getLogger("observable_tasks")
 
-_DEFAULT_EXPORT_TIMEOUT_S = "5"
+_DEFAULT_EXPORT_TIMEOUT_S = 5.0
 
 
 def configure_tracing(
@@ -58,14 +58,22 @@ def configure_tracing(
         )
         kind = "otlp" if has_endpoint else "console"
     if kind == "otlp":
-        # Short export timeout: with the collector down, shutdown must not hang for long.
-        os.environ.setdefault("OTEL_EXPORTER_OTLP_TIMEOUT", _DEFAULT_EXPORT_TIMEOUT_S)
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        # A short export timeout unless configured: with the collector down, shutdown must not
+        # hang for long.
+        configured = any(
+            os.environ.get(v)
+            for v in ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+        )
+        exporter_: SpanExporter = OTLPSpanExporter(
+            timeout=None if configured else _DEFAULT_EXPORT_TIMEOUT_S
+        )
+        provider.add_span_processor(BatchSpanProcessor(exporter_))
     elif kind == "console":
-        console: SpanExporter = ConsoleSpanExporter()
-        provider.add_span_processor(SimpleSpanProcessor(console))
+        # stderr, batched: spans stay out of the JSON log stream on stdout, and writing them
+        # never happens on the event loop.
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     elif kind != "none":
         raise ValueError(f"OTEL_TRACES_EXPORTER must be otlp, console or none, got {kind!r}")
     if set_global:
