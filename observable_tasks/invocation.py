@@ -10,19 +10,20 @@ import asyncio
 import functools
 import inspect
 import types
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ["Invocation", "prepare", "function_name", "reject_coroutine"]
 
 _SIGNATURES: dict[types.CodeType, inspect.Signature] = {}
+_CHECKED: dict[tuple[types.CodeType, int, tuple[str, ...]], tuple[bool, bool, str]] = {}
 _MAX_CACHED = 4096
 
 
 class Invocation:
     """A callable with bound arguments, ready to run once."""
 
-    __slots__ = ("args", "func", "is_async", "kwargs", "wants_task_id")
+    __slots__ = ("args", "func", "is_async", "kwargs", "name", "wants_task_id")
 
     def __init__(
         self,
@@ -31,25 +32,38 @@ class Invocation:
         kwargs: dict[str, Any],
         is_async: bool,
         wants_task_id: bool,
+        name: str,
     ) -> None:
         self.func = func
         self.args = args
         self.kwargs = kwargs
         self.is_async = is_async
         self.wants_task_id = wants_task_id
+        self.name = name
+        """``module.qualname`` of the function (see :func:`function_name`)."""
 
-    async def run(self, task_id: str) -> Any:
-        """Call the function (sync ones in a worker thread) and return its result."""
+    def start(self, task_id: str) -> Awaitable[Any]:
+        """Call the function and return what to await for its result.
+
+        An async function's own coroutine is returned as is (no wrapper: this is the hot path);
+        a sync function runs in a worker thread.
+        """
         kwargs = self.kwargs
         if self.wants_task_id:
             kwargs = {**kwargs, "task_id": task_id}
         if self.is_async:
-            return await self.func(*self.args, **kwargs)
-        # to_thread copies the context: the task's span and log bindings follow into the thread.
-        result = await asyncio.to_thread(self.func, *self.args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+            return self.func(*self.args, **kwargs)  # type: ignore[no-any-return]
+        return _in_thread(self.func, self.args, kwargs)
+
+
+async def _in_thread(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    # to_thread copies the context: the task's span and log bindings follow into the thread.
+    result = await asyncio.to_thread(func, *args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -67,6 +81,21 @@ def prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invo
     Raises ``TypeError`` with a clear message for a coroutine object, a non-callable, or
     arguments that do not fit the function's signature.
     """
+    if isinstance(func, types.FunctionType):
+        # Fast path: a call shape (positional count, keyword names) already checked for this
+        # code object is valid again; binding is the costly part of creating a task.
+        key = (func.__code__, len(args), tuple(kwargs))
+        known = _CHECKED.get(key)
+        if known is not None:
+            return Invocation(func, args, kwargs, *known)
+        invocation = _prepare(func, args, kwargs)
+        if len(_CHECKED) < _MAX_CACHED:
+            _CHECKED[key] = (invocation.is_async, invocation.wants_task_id, invocation.name)
+        return invocation
+    return _prepare(func, args, kwargs)
+
+
+def _prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation:
     reject_coroutine(func)
     if not callable(func):
         raise TypeError(f"create_task() needs a callable, got {type(func).__name__}: {func!r}")
@@ -101,7 +130,7 @@ def prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invo
             raise TypeError(
                 f"cannot call {function_name(func)}{sig} with the given arguments: {exc}"
             ) from None
-    return Invocation(func, args, kwargs, _is_async(func), wants_task_id)
+    return Invocation(func, args, kwargs, _is_async(func), wants_task_id, function_name(func))
 
 
 def reject_coroutine(func: object) -> None:

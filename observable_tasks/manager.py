@@ -17,16 +17,14 @@ import math
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 from observable_tasks._awaitable import Done
 from observable_tasks.config import TaskConfig
 from observable_tasks.current import remember_manager, set_current
 from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError, TaskTimeoutError
-from observable_tasks.invocation import Invocation, function_name, prepare
+from observable_tasks.invocation import Invocation, prepare
 from observable_tasks.middleware import (
     TaskMiddleware,
     TaskObserver,
@@ -35,7 +33,7 @@ from observable_tasks.middleware import (
     outcome_status,
 )
 from observable_tasks.status import TaskStatus, check_transition
-from observable_tasks.task import Task
+from observable_tasks.task import Task, new_task_id
 
 __all__ = ["TaskManager", "TaskCallback", "check_progress"]
 
@@ -88,8 +86,9 @@ class _Job:
         self.task = task
         self.invocation: Invocation | None = invocation
         self.aio: asyncio.Task[None] | None = None
-        self.waiters: list[asyncio.Future[None]] = []
-        self.callbacks: list[TaskCallback] = []
+        # Allocated on first use: most tasks have neither (memory per task matters).
+        self.waiters: list[asyncio.Future[None]] | None = None
+        self.callbacks: list[TaskCallback] | None = None
         self.timed_out = False
         self.entered = False
         self.cancel_requested = False
@@ -127,10 +126,11 @@ class TaskManager:
         self._middleware: list[tuple[str, TaskMiddleware]] = []
         self._chain: Callable[[Task], Awaitable[Any]] | None = None
         self._observers: list[TaskObserver] = []
-        self._jobs: dict[str, _Job] = {}
+        self._tasks: dict[str, Task] = {}  # every known task, in creation order
+        self._jobs: dict[str, _Job] = {}  # execution state of tasks not finished yet
         self._pending: collections.deque[_Job] = collections.deque()
         self._running: dict[str, _Job] = {}
-        self._history: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._history: collections.deque[Task] = collections.deque()  # finished, oldest first
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = _State.IDLE
@@ -196,17 +196,21 @@ class TaskManager:
             for job in list(self._pending):
                 self._cancel_pending(job)
             grace = self.config.shutdown_timeout if timeout is None else timeout
-            running = [job.aio for job in self._running.values() if job.aio is not None]
+            running = {job.aio: job for job in self._running.values() if job.aio is not None}
             if running:
                 _, late = await asyncio.wait(running, timeout=grace)
                 for aio in late:
-                    aio.cancel()
+                    job = running[aio]
+                    if job.entered:
+                        aio.cancel()
+                    else:  # see cancel_task: never cancel a task before its first step
+                        job.cancel_requested = True
                 if late:
                     # Cancelled tasks normally unwind at once; one that ignores cancellation is
                     # marked CANCELLED anyway so that shutdown always ends.
                     await asyncio.wait(late, timeout=max(1.0, grace))
                     for job in list(self._running.values()):
-                        if job.aio in late:
+                        if job.aio in late or not job.entered:
                             self._finish(job, forced=True)
             if self._background:
                 await asyncio.wait(list(self._background), timeout=max(1.0, grace))
@@ -246,17 +250,18 @@ class TaskManager:
         ):
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         in_loop = self._on_loop_thread()
-        fn = function_name(func)
+        fn = invocation.name
         task = Task(
-            id=uuid.uuid4().hex,
-            name=name or fn.rpartition(".")[2],
-            function=fn,
-            created_at=datetime.now(timezone.utc),
+            new_task_id(),
+            name or fn.rpartition(".")[2],
+            fn,
             timeout=timeout,
-            _mono_created=self._clock(),
+            wall_created=time.time(),
+            mono_created=self._clock(),
         )
         job = _Job(task, invocation)
         with self._lock:
+            self._tasks[task.id] = task
             self._jobs[task.id] = job
         self._notify("on_created", task)
         if in_loop:
@@ -285,12 +290,11 @@ class TaskManager:
 
     def get_task(self, task_id: str) -> Task | None:
         """The task with this id, or ``None`` if unknown or evicted."""
-        job = self._jobs.get(task_id)
-        return job.task if job is not None else None
+        return self._tasks.get(task_id)
 
     def list_tasks(self, status: TaskStatus | str | None = None) -> list[Task]:
         """All known tasks in creation order, optionally only those with ``status``."""
-        tasks = [job.task for job in list(self._jobs.values())]
+        tasks = list(self._tasks.values())
         if status is None:
             return tasks
         wanted = TaskStatus(status)
@@ -325,10 +329,10 @@ class TaskManager:
         """
         job = self._jobs.get(task_id)
         if job is None:
-            raise TaskNotFoundError(task_id)
-        if job.task.is_done:
-            return job.task
+            return self._finished(task_id)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if job.waiters is None:
+            job.waiters = []
         job.waiters.append(waiter)
         try:
             await asyncio.wait_for(waiter, timeout)
@@ -337,7 +341,7 @@ class TaskManager:
                 f"task {task_id} did not finish within {timeout:g}s (it keeps running)"
             ) from None
         finally:
-            if waiter in job.waiters:
+            if job.waiters is not None and waiter in job.waiters:
                 job.waiters.remove(waiter)
         return job.task
 
@@ -375,9 +379,8 @@ class TaskManager:
         """
         check_progress(progress)
         job = self._jobs.get(task_id)
-        if job is None:
-            raise TaskNotFoundError(task_id)
-        if job.task.is_done:
+        if job is None or job.task.is_done:
+            self._finished(task_id)  # unknown ids raise; late updates to finished tasks are no-ops
             return
         job.task.progress = float(progress)
         self._notify("on_progress", job.task, float(progress))
@@ -388,18 +391,22 @@ class TaskManager:
         Async callbacks run as background tasks. A callback that raises is logged and counted,
         and changes nothing about the task.
         """
-        job = self._job_for(task)
+        task_id = task.id if isinstance(task, Task) else task
+        job = self._jobs.get(task_id)
+        found = job.task if job is not None else self._finished(task_id)
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
-        if job.task.is_done:
-            self._run_callback(callback, job.task)
+        if job is None or found.is_done:
+            self._run_callback(callback, found)
         else:
+            if job.callbacks is None:
+                job.callbacks = []
             job.callbacks.append(callback)
 
     def remove_callback(self, task: Task | str, callback: TaskCallback) -> bool:
         """Remove a callback added with :meth:`add_callback`; False if it was not there."""
         job = self._jobs.get(task.id if isinstance(task, Task) else task)
-        if job is None or callback not in job.callbacks:
+        if job is None or job.callbacks is None or callback not in job.callbacks:
             return False
         job.callbacks.remove(callback)
         return True
@@ -407,12 +414,10 @@ class TaskManager:
     def cleanup(self) -> int:
         """Evict finished tasks older than ``task_result_ttl`` now; returns how many."""
         cutoff = self._clock() - self.config.task_result_ttl
+        history = self._history
         evicted = 0
-        while self._history:
-            task_id, finished = next(iter(self._history.items()))
-            if finished > cutoff:
-                break
-            self._evict(task_id)
+        while history and (history[0]._mono_finished or 0.0) <= cutoff:
+            self._forget(history.popleft())
             evicted += 1
         return evicted
 
@@ -471,7 +476,6 @@ class TaskManager:
         check_transition(task.status, TaskStatus.RUNNING)
         task.status = TaskStatus.RUNNING
         task._mono_started = self._clock()
-        task.started_at = datetime.now(timezone.utc)
         self._running[task.id] = job
         assert self._loop is not None
         # A fresh context: a task must not inherit whatever the creating request (or the task
@@ -481,9 +485,8 @@ class TaskManager:
             job.aio = self._loop.create_task(self._run(job), context=ctx)  # type: ignore[call-arg]
         else:  # pragma: no cover - Python 3.10
             job.aio = ctx.run(self._loop.create_task, self._run(job))
-        # An asyncio task cancelled before its first step never runs _run's body at all: finish
-        # the job here then (a no-op when _run already did), or it would hold its slot forever.
-        job.aio.add_done_callback(lambda _aio: self._finish(job))
+        # Nothing may cancel job.aio before its first step (its body, and so _finish, would never
+        # run): cancel_task() sets cancel_requested instead, and shutdown() force-finishes.
 
     async def _run(self, job: _Job) -> None:
         job.entered = True
@@ -515,7 +518,7 @@ class TaskManager:
         try:
             if job.cancel_requested:  # cancel_task() came before the task's first step
                 raise asyncio.CancelledError
-            result = await invocation.run(task.id)
+            result = await invocation.start(task.id)
         except asyncio.CancelledError as exc:
             if job.timed_out:
                 current = asyncio.current_task()
@@ -550,7 +553,6 @@ class TaskManager:
             self._pending.remove(job)
         task.status = TaskStatus.CANCELLED
         task._mono_finished = self._clock()
-        task.completed_at = datetime.now(timezone.utc)
         self._notify("on_cancelled_pending", task)
         self._settle(job)
 
@@ -564,7 +566,6 @@ class TaskManager:
             status = outcome_status(job.error)
         check_transition(task.status, status)
         task._mono_finished = self._clock()
-        task.completed_at = datetime.now(timezone.utc)
         if status is TaskStatus.COMPLETED:
             task.result = job.result
         elif status is not TaskStatus.CANCELLED:
@@ -581,39 +582,46 @@ class TaskManager:
 
     def _settle(self, job: _Job) -> None:
         """Common ending: wake waiters, run callbacks, file into history (or forget)."""
+        task = job.task
         job.invocation = None  # drop references to arguments as soon as possible
         job.aio = None
-        for waiter in job.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        job.waiters.clear()
-        for callback in job.callbacks:
-            self._run_callback(callback, job.task)
-        job.callbacks.clear()
-        task_id = job.task.id
-        if not self.config.enable_task_history or self.config.max_task_history == 0:
-            self._evict(task_id)
+        self._jobs.pop(task.id, None)  # only the Task stays in history, not its execution state
+        if job.waiters:
+            for waiter in job.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            job.waiters = None
+        if job.callbacks:
+            for callback in job.callbacks:
+                self._run_callback(callback, task)
+            job.callbacks = None
+        config = self.config
+        if not config.enable_task_history or config.max_task_history == 0:
+            self._forget(task)
             return
-        self._history[task_id] = job.task._mono_finished or self._clock()
-        while len(self._history) > self.config.max_task_history:
-            self._evict(next(iter(self._history)))
-        self.cleanup()  # TTL on completion too: cheap, it stops at the first young task
+        self._history.append(task)
+        while len(self._history) > config.max_task_history:
+            self._forget(self._history.popleft())
+        # TTL on completion too; checked inline here as this runs for every task.
+        if (self._history[0]._mono_finished or 0.0) <= (
+            (task._mono_finished or 0.0) - config.task_result_ttl
+        ):
+            self.cleanup()
 
-    def _evict(self, task_id: str) -> None:
-        self._history.pop(task_id, None)
+    def _forget(self, task: Task) -> None:
         with self._lock:
-            job = self._jobs.pop(task_id, None)
-        if job is not None:
-            self._notify("on_evicted", job.task)
+            known = self._tasks.pop(task.id, None)
+        if known is not None:
+            self._notify("on_evicted", task)
 
     # -- internals: failsafe hooks ------------------------------------------------------------
 
-    def _job_for(self, task: Task | str) -> _Job:
-        task_id = task.id if isinstance(task, Task) else task
-        job = self._jobs.get(task_id)
-        if job is None:
+    def _finished(self, task_id: str) -> Task:
+        """A known task that has no execution state left (it finished); else NotFound."""
+        task = self._tasks.get(task_id)
+        if task is None:
             raise TaskNotFoundError(task_id)
-        return job
+        return task
 
     def _notify(self, hook: str, task: Task, *args: Any) -> None:
         for observer in self._observers:
@@ -661,5 +669,5 @@ class TaskManager:
     def __repr__(self) -> str:
         return (
             f"<TaskManager {self._state.value} running={len(self._running)} "
-            f"pending={len(self._pending)} known={len(self._jobs)}>"
+            f"pending={len(self._pending)} known={len(self._tasks)}>"
         )

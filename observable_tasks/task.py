@@ -2,50 +2,127 @@
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import datetime
+import os
+import threading
+from datetime import datetime, timezone
 from typing import Any
 
 from observable_tasks.status import TaskStatus
 
-__all__ = ["Task"]
+__all__ = ["Task", "new_task_id"]
+
+# Ids are 128 random bits from the OS (unguessable: they appear in URLs such as /status/{id}).
+# One os.urandom call serves 256 ids, a syscall per task being a large part of creating one.
+_ID_BYTES = 16
+_entropy = b""
+_offset = 0
+_entropy_lock = threading.Lock()
 
 
-@dataclasses.dataclass(eq=False)
+def new_task_id() -> str:
+    """A new task id: 32 lowercase hex characters (the format of ``uuid4().hex``)."""
+    global _entropy, _offset
+    with _entropy_lock:
+        if _offset >= len(_entropy):
+            _entropy = os.urandom(_ID_BYTES * 256)
+            _offset = 0
+        start = _offset
+        _offset += _ID_BYTES
+        return _entropy[start:_offset].hex()
+
+
+def _forget_entropy() -> None:
+    # A forked worker must not hand out the same ids as its parent.
+    global _entropy, _offset
+    _entropy, _offset = b"", 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_entropy)
+
+
 class Task:
     """One background task, kept up to date by its manager while it runs.
 
     The same object is returned by ``create_task`` and ``get_task``, so a caller holding it sees
-    the status, progress and result change.
+    the status, progress and result change. Times are kept as one wall-clock stamp plus monotonic
+    stamps (durations immune to clock jumps); the ``*_at`` datetimes are derived on access.
     """
 
-    id: str
-    """Unique id (32 hex characters)."""
-    name: str
-    """Display name: the ``name=`` given at creation, else the function's name."""
-    function: str
-    """Qualified name of the function (``module.qualname``): a bounded label for metrics."""
-    status: TaskStatus = TaskStatus.PENDING
-    created_at: datetime = dataclasses.field(default_factory=lambda: datetime.min)
-    """When the task was created (timezone-aware, UTC)."""
-    started_at: datetime | None = None
-    """When execution began (after any wait for a slot)."""
-    completed_at: datetime | None = None
-    """When the task reached a final status."""
-    result: Any = None
-    """The function's return value (COMPLETED only)."""
-    error: BaseException | None = None
-    """The exception that ended the task: FAILED and TIMEOUT only (a CANCELLED task has none)."""
-    progress: float = 0.0
-    """0 to 100, set by ``update_task_progress``."""
-    timeout: float | None = None
-    """Seconds of execution allowed, or ``None``."""
-    headers: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Carrier for context that travels with the task (e.g. W3C ``traceparent``)."""
-    # Monotonic stamps (seconds) for durations that wall-clock jumps cannot distort.
-    _mono_created: float = dataclasses.field(default=0.0, repr=False)
-    _mono_started: float | None = dataclasses.field(default=None, repr=False)
-    _mono_finished: float | None = dataclasses.field(default=None, repr=False)
+    __slots__ = (
+        "_headers",
+        "_mono_created",
+        "_mono_finished",
+        "_mono_started",
+        "_wall_created",
+        "error",
+        "function",
+        "id",
+        "name",
+        "progress",
+        "result",
+        "status",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        function: str,
+        *,
+        timeout: float | None = None,
+        wall_created: float = 0.0,
+        mono_created: float = 0.0,
+    ) -> None:
+        self.id = id
+        """Unique id (32 hex characters)."""
+        self.name = name
+        """Display name: the ``name=`` given at creation, else the function's name."""
+        self.function = function
+        """Qualified name of the function (``module.qualname``): a bounded label for metrics."""
+        self.status = TaskStatus.PENDING
+        self.result: Any = None
+        """The function's return value (COMPLETED only)."""
+        self.error: BaseException | None = None
+        """The exception that ended the task: FAILED and TIMEOUT; ``None`` when CANCELLED."""
+        self.progress = 0.0
+        """0 to 100, set by ``update_task_progress``."""
+        self.timeout = timeout
+        """Seconds of execution allowed, or ``None``."""
+        self._headers: dict[str, str] | None = None
+        self._wall_created = wall_created
+        self._mono_created = mono_created
+        self._mono_started: float | None = None
+        self._mono_finished: float | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Carrier for context that travels with the task (e.g. W3C ``traceparent``)."""
+        if self._headers is None:
+            self._headers = {}
+        return self._headers
+
+    @property
+    def created_at(self) -> datetime:
+        """When the task was created (timezone-aware, UTC)."""
+        return datetime.fromtimestamp(self._wall_created, timezone.utc)
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When execution began (after any wait for a slot)."""
+        return self._wall(self._mono_started)
+
+    @property
+    def completed_at(self) -> datetime | None:
+        """When the task reached a final status."""
+        return self._wall(self._mono_finished)
+
+    def _wall(self, mono: float | None) -> datetime | None:
+        if mono is None:
+            return None
+        wall = self._wall_created + (mono - self._mono_created)
+        return datetime.fromtimestamp(wall, timezone.utc)
 
     @property
     def is_done(self) -> bool:
@@ -68,6 +145,7 @@ class Task:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (the result is included as is)."""
+        started, completed = self.started_at, self.completed_at
         return {
             "id": self.id,
             "name": self.name,
@@ -75,8 +153,8 @@ class Task:
             "status": self.status.value,
             "progress": self.progress,
             "created_at": self.created_at.isoformat(),
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "started_at": started.isoformat() if started else None,
+            "completed_at": completed.isoformat() if completed else None,
             "result": self.result,
             "error": str(self.error) if self.error is not None else None,
             "error_type": type(self.error).__name__ if self.error is not None else None,

@@ -34,25 +34,25 @@ async def test_async_function_runs_with_bound_arguments() -> None:
     inv = prepare(add, (2,), {"b": 5})
     assert inv.is_async
     assert not inv.wants_task_id
-    assert await inv.run("t1") == 7
+    assert await inv.start("t1") == 7
 
 
 async def test_task_id_is_injected_when_declared_and_not_given() -> None:
     inv = prepare(with_task_id, (), {"data": "d"})
     assert inv.wants_task_id
-    assert await inv.run("abc") == "d:abc"
+    assert await inv.start("abc") == "d:abc"
 
 
 async def test_explicit_task_id_keyword_is_respected() -> None:
     inv = prepare(with_task_id, (), {"data": "d", "task_id": "mine"})
     assert not inv.wants_task_id
-    assert await inv.run("abc") == "d:mine"
+    assert await inv.start("abc") == "d:mine"
 
 
 async def test_explicit_task_id_positional_is_respected() -> None:
     inv = prepare(with_task_id, ("d", "mine"), {})
     assert not inv.wants_task_id
-    assert await inv.run("abc") == "d:mine"
+    assert await inv.start("abc") == "d:mine"
 
 
 async def test_sync_function_runs_in_a_worker_thread() -> None:
@@ -64,7 +64,7 @@ async def test_sync_function_runs_in_a_worker_thread() -> None:
 
     inv = prepare(work, (21,), {})
     assert not inv.is_async
-    assert await inv.run("t") == 42
+    assert await inv.start("t") == 42
     assert seen
     assert seen[0] != threading.get_ident()
 
@@ -72,16 +72,16 @@ async def test_sync_function_runs_in_a_worker_thread() -> None:
 async def test_callable_object_with_async_call_and_partial() -> None:
     inv = prepare(AsyncCallable(), (2,), {})
     assert inv.is_async
-    assert await inv.run("t") == 6
+    assert await inv.start("t") == 6
 
     part = prepare(functools.partial(add, 10), (), {"b": 2})
     assert part.is_async
-    assert await part.run("t") == 12
+    assert await part.start("t") == 12
 
 
 async def test_builtin_without_signature_is_accepted() -> None:
     inv = prepare(max, ([3, 9, 4],), {})
-    assert await inv.run("t") == 9
+    assert await inv.start("t") == 9
 
 
 @pytest.mark.parametrize(
