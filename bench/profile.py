@@ -107,7 +107,7 @@ def profile_variant(key: str, settings: Any, out_dir: Path | None) -> int:
         await variant.setup()
         await variant.run(settings.warmup, min(settings.wave, settings.warmup))
         gc.collect()
-        profiler = Profiler(interval=0.001, async_mode="enabled")
+        profiler = Profiler(interval=0.001, async_mode="disabled")
         profiler.start()
         elapsed = await variant.run(settings.n, settings.wave)
         profiler.stop()
