@@ -158,11 +158,14 @@ def add_trace_context(
     span (OTel's convention for trace context in non-OTLP logs). No span, no fields."""
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
-        # setdefault: an event that names its span (e.g. task.created names the task's "send"
-        # span, not the request's) keeps it.
-        event_dict.setdefault(_F.TRACE_ID, format(ctx.trace_id, "032x"))
-        event_dict.setdefault(_F.SPAN_ID, format(ctx.span_id, "016x"))
-        event_dict.setdefault(_F.TRACE_FLAGS, format(ctx.trace_flags, "02x"))
+        # An event that names its span (e.g. task.created names the task's "send" span, not
+        # the request's) keeps it; only missing fields are formatted (this runs per log line).
+        if _F.TRACE_ID not in event_dict:
+            event_dict[_F.TRACE_ID] = format(ctx.trace_id, "032x")
+        if _F.SPAN_ID not in event_dict:
+            event_dict[_F.SPAN_ID] = format(ctx.span_id, "016x")
+        if _F.TRACE_FLAGS not in event_dict:
+            event_dict[_F.TRACE_FLAGS] = format(ctx.trace_flags, "02x")
     return event_dict
 
 
