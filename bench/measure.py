@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import statistics
 import sys
 import time
 import tracemalloc
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -192,17 +194,26 @@ async def create_latency(
     }
 
 
-def _labelled_function(i: int) -> Callable[..., Any]:
-    async def job(mode: str) -> str:
-        if mode == "fail":
-            raise ValueError("planned failure")
-        if mode == "sleep":
-            await asyncio.sleep(60)
-        return mode
+async def _scrape_job(mode: str) -> str:
+    if mode == "fail":
+        raise ValueError("planned failure")
+    if mode == "sleep":
+        await asyncio.sleep(60)
+    return mode
 
-    job.__qualname__ = f"scrape_job_{i:03d}"
-    job.__name__ = job.__qualname__
-    return job
+
+def _labelled_function(i: int) -> Callable[..., Any]:
+    """A distinct task function ``bench.measure.scrape_job_NNN`` with its own code object.
+
+    Its own code object, not only its own ``__qualname__``: a library may cache per code object.
+    """
+    name = f"scrape_job_{i:03d}"
+    extra = {"co_qualname": name} if sys.version_info >= (3, 11) else {}
+    code = _scrape_job.__code__.replace(co_name=name, **extra)
+    fn = types.FunctionType(code, _scrape_job.__globals__, name)
+    fn.__qualname__ = name
+    fn.__annotations__ = dict(_scrape_job.__annotations__)
+    return fn
 
 
 async def scrape_time(
@@ -243,7 +254,13 @@ async def scrape_time(
         await manager.cancel_task(t.id)
     await manager.shutdown()
     lines = [ln for ln in body.decode().splitlines() if ln and not ln.startswith("#")]
+    labels = {m.group(1) for m in re.finditer(r'task="(scrape_job_[0-9]+)"', body.decode())}
+    labels |= {
+        m.group(1).rsplit(".", 1)[-1]
+        for m in re.finditer(r'task="([^"]*scrape_job_[0-9]+)"', body.decode())
+    }
     return {
+        "task_labels": len(labels),
         "functions": functions,
         "statuses": statuses,
         "scrapes": scrapes,

@@ -450,7 +450,7 @@ def render(results: dict[str, Any]) -> str:
             f"`/metrics` exposition with {sc['functions']} task functions x statuses "
             f"{', '.join(sc['statuses'])}: median {sc['median_ms']:.2f} ms, max "
             f"{sc['max_ms']:.2f} ms over {sc['scrapes']} scrapes; {sc['bytes']} bytes, "
-            f"{sc['series']} samples."
+            f"{sc['series']} samples, {sc['task_labels']} distinct task labels."
         )
         out.append("")
     out.append("Targets:")

@@ -59,6 +59,7 @@ def test_every_section_and_target_is_reported(smoke: tuple[dict, str]) -> None:
     assert set(results["scrape"]["statuses"]) == {
         "completed", "failed", "timeout", "cancelled", "running", "pending"
     }  # fmt: skip
+    assert results["scrape"]["task_labels"] == results["scrape"]["functions"]
     verdicts = [t["verdict"] for t in results["targets"]]
     assert len(verdicts) == 7
     assert set(verdicts) <= {"PASS", "MISS"}
