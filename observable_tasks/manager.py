@@ -15,7 +15,6 @@ import inspect
 import logging
 import math
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -43,6 +42,7 @@ TaskCallback = Callable[[Task], Awaitable[None] | None]
 """Called with the task once it reaches a final status (sync or async)."""
 
 _HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
+_get_running_loop = asyncio.events._get_running_loop
 
 
 def check_progress(progress: object) -> None:
@@ -131,7 +131,6 @@ class TaskManager:
         self._pending: collections.deque[_Job] = collections.deque()
         self._running: dict[str, _Job] = {}
         self._history: collections.deque[Task] = collections.deque()  # finished, oldest first
-        self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = _State.IDLE
         self._cleanup_handle: asyncio.TimerHandle | None = None
@@ -234,6 +233,31 @@ class TaskManager:
         non-callable, a coroutine object or arguments that do not fit ``func``, ``ValueError``
         for a bad timeout, and :class:`TaskManagerClosedError` during shutdown.
         """
+        return self._submit(func, args, kwargs, name, timeout)
+
+    def create_task(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Done[Task]:
+        """``await manager.create_task(func, *args, name=..., timeout=..., **kwargs)``.
+
+        The task is created when this is called (errors are raised right here), so the call
+        also works un-awaited from a worker thread: ``manager.create_task(f).result()``.
+        """
+        return Done(self._submit(func, args, kwargs, name, timeout))
+
+    def _submit(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+        timeout: float | None,
+    ) -> Task:
         invocation = prepare(func, args, kwargs)  # first: it also closes a coroutine object
         if not self.is_accepting:
             raise TaskManagerClosedError(
@@ -260,31 +284,17 @@ class TaskManager:
             mono_created=self._clock(),
         )
         job = _Job(task, invocation)
-        with self._lock:
-            self._tasks[task.id] = task
-            self._jobs[task.id] = job
-        self._notify("on_created", task)
+        # Single dict stores are atomic, so threads may create tasks without a lock.
+        self._tasks[task.id] = task
+        self._jobs[task.id] = job
+        if self._observers:
+            self._notify("on_created", task)
         if in_loop:
             self._admit(job)
         else:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._admit, job)
         return task
-
-    def create_task(
-        self,
-        func: Callable[..., Any],
-        *args: Any,
-        name: str | None = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> Done[Task]:
-        """``await manager.create_task(func, *args, name=..., timeout=..., **kwargs)``.
-
-        The task is created when this is called (errors are raised right here), so the call
-        also works un-awaited from a worker thread: ``manager.create_task(f).result()``.
-        """
-        return Done(self.submit(func, *args, name=name, timeout=timeout, **kwargs))
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -425,10 +435,7 @@ class TaskManager:
 
     def _on_loop_thread(self) -> bool:
         """Bind to the running loop if we may; True when called on the manager's loop."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = _get_running_loop()  # None outside a loop, where get_running_loop() raises
         if loop is not None and loop is self._loop:
             return True
         bound = self._loop
@@ -609,8 +616,7 @@ class TaskManager:
             self.cleanup()
 
     def _forget(self, task: Task) -> None:
-        with self._lock:
-            known = self._tasks.pop(task.id, None)
+        known = self._tasks.pop(task.id, None)
         if known is not None:
             self._notify("on_evicted", task)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -12,29 +11,25 @@ from observable_tasks.status import TaskStatus
 __all__ = ["Task", "new_task_id"]
 
 # Ids are 128 random bits from the OS (unguessable: they appear in URLs such as /status/{id}).
-# One os.urandom call serves 256 ids, a syscall per task being a large part of creating one.
-_ID_BYTES = 16
-_entropy = b""
-_offset = 0
-_entropy_lock = threading.Lock()
+# One os.urandom call serves a batch of ids: a syscall per task is a large part of creating one.
+# list.pop/extend are atomic, so threads share the pool without a lock.
+_BATCH = 256
+_pool: list[str] = []
 
 
 def new_task_id() -> str:
     """A new task id: 32 lowercase hex characters (the format of ``uuid4().hex``)."""
-    global _entropy, _offset
-    with _entropy_lock:
-        if _offset >= len(_entropy):
-            _entropy = os.urandom(_ID_BYTES * 256)
-            _offset = 0
-        start = _offset
-        _offset += _ID_BYTES
-        return _entropy[start:_offset].hex()
+    try:
+        return _pool.pop()
+    except IndexError:
+        hexed = os.urandom(16 * _BATCH).hex()
+        _pool.extend([hexed[i : i + 32] for i in range(0, len(hexed), 32)])
+        return _pool.pop()
 
 
 def _forget_entropy() -> None:
     # A forked worker must not hand out the same ids as its parent.
-    global _entropy, _offset
-    _entropy, _offset = b"", 0
+    _pool.clear()
 
 
 if hasattr(os, "register_at_fork"):
