@@ -226,6 +226,7 @@ async def run(settings: Settings, sections: set[str]) -> dict[str, Any]:
             for v in variants[shift:] + variants[:shift]:
                 gc.collect()
                 elapsed = await v.run(s.n, s.wave)
+                v.settle()
                 samples[v.key].append(elapsed / s.n * 1e6)
             _say(f"round {rnd + 1}/{s.reps}: " + ", ".join(
                 f"{k}={vals[-1]:.1f}" for k, vals in samples.items()

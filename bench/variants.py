@@ -43,6 +43,13 @@ class Variant:
     async def teardown(self) -> None:
         """Release what ``setup`` made."""
 
+    def settle(self) -> None:
+        """Finish the last run's background work (span export threads), untimed.
+
+        Without this, a batch span processor still exporting the previous variant's spans
+        competes for the GIL with whatever variant is timed next.
+        """
+
     def info(self) -> dict[str, Any]:
         """Extra facts worth reporting (dropped spans, log lines written...)."""
         return {}
@@ -163,6 +170,10 @@ class Taskiq(Variant):
         for provider in self._providers:
             provider.shutdown()
 
+    def settle(self) -> None:
+        for provider in self._providers:
+            provider.force_flush()
+
     def info(self) -> dict[str, Any]:
         if self._spans is None:
             return {}
@@ -207,6 +218,10 @@ class Ours(Variant):
         _check(self.key, total, n)
         return elapsed
 
+    def settle(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.flush()
+
     def info(self) -> dict[str, Any]:
         return self.telemetry.info() if self.telemetry is not None else {}
 
@@ -227,6 +242,9 @@ class Floor(Variant):
         for i in range(n):
             one(i)
         return time.perf_counter() - start
+
+    def settle(self) -> None:
+        self.floor.tracer_provider.force_flush()
 
     def info(self) -> dict[str, Any]:
         return self.floor.info()
