@@ -81,9 +81,11 @@ def prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invo
     Raises ``TypeError`` with a clear message for a coroutine object, a non-callable, or
     arguments that do not fit the function's signature.
     """
-    if isinstance(func, types.FunctionType):
+    if isinstance(func, types.FunctionType) and "__wrapped__" not in func.__dict__:
         # Fast path: a call shape (positional count, keyword names) already checked for this
-        # code object is valid again; binding is the costly part of creating a task.
+        # code object is valid again; binding is the costly part of creating a task. Not for
+        # decorated functions: functools.wraps wrappers share one code object between many
+        # functions whose signatures and names differ.
         key = (func.__code__, len(args), tuple(kwargs))
         known = _CHECKED.get(key)
         if known is not None:
@@ -152,7 +154,11 @@ def _is_async(func: Callable[..., Any]) -> bool:
 
 def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
     # Signatures of plain functions are cached by code object: closures made per request share one.
-    code = func.__code__ if isinstance(func, types.FunctionType) else None
+    code = (
+        func.__code__
+        if isinstance(func, types.FunctionType) and "__wrapped__" not in func.__dict__
+        else None
+    )
     if code is not None:
         cached = _SIGNATURES.get(code)
         if cached is not None:

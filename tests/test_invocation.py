@@ -123,3 +123,33 @@ def test_function_name_is_module_and_qualname() -> None:
     assert function_name(add) == f"{__name__}.add"
     assert function_name(functools.partial(add, 1)) == f"{__name__}.add"
     assert function_name(AsyncCallable()).endswith("AsyncCallable")
+
+
+def _logged(func: Any) -> Any:
+    """A typical decorator: every wrapper it makes shares one code object."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return await func(*args, **kwargs)
+
+    return wrapper
+
+
+@_logged
+async def send_email(address: str) -> str:
+    return address
+
+
+@_logged
+async def resize(path: str, to: int) -> str:
+    return f"{path}@{to}"
+
+
+async def test_decorated_functions_sharing_a_code_object_are_told_apart() -> None:
+    first = prepare(send_email, ("a@b",), {})
+    second = prepare(resize, ("x.png", 100), {})
+    assert first.name.endswith("send_email")
+    assert second.name.endswith("resize")
+    assert await second.start("t") == "x.png@100"
+    with pytest.raises(TypeError, match="cannot call"):
+        prepare(send_email, ("a@b", 2), {})
