@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from telemetry_kit import instrumented
 
@@ -163,12 +164,9 @@ async def test_known_series_start_at_zero() -> None:
             assert value(telemetry, {"component": component}) == 0.0
 
 
-def test_demo_concurrency_limit_from_environment(monkeypatch: object) -> None:
-    import pytest
-
+def test_demo_concurrency_limit_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from observable_tasks.demo import create_app
 
-    assert isinstance(monkeypatch, pytest.MonkeyPatch)
     monkeypatch.setenv("DEMO_MAX_CONCURRENT_TASKS", "3")
     app = create_app(registry=CollectorRegistry(), tracing=False, logs=False)
     assert app.state["task_manager"].config.max_concurrent_tasks == 3
