@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 __all__ = ["current_task", "current_manager", "remember_manager", "last_manager", "all_managers"]
 
-#: Set inside each task's own context while it runs (and in threads it runs in).
-_current: contextvars.ContextVar[tuple[TaskManager, Task] | None] = contextvars.ContextVar(
+#: Set by the manager inside each task's own context while it runs (and in threads it runs in).
+current_var: contextvars.ContextVar[tuple[TaskManager, Task] | None] = contextvars.ContextVar(
     "observable_tasks_current", default=None
 )
 
@@ -23,19 +23,14 @@ _last: weakref.ReferenceType[TaskManager] | None = None
 
 def current_task() -> Task | None:
     """The task whose code is running here, or ``None`` outside any task."""
-    entry = _current.get()
+    entry = current_var.get()
     return entry[1] if entry is not None else None
 
 
 def current_manager() -> TaskManager | None:
     """The manager of the task running here, or ``None`` outside any task."""
-    entry = _current.get()
+    entry = current_var.get()
     return entry[0] if entry is not None else None
-
-
-def set_current(manager: TaskManager, task: Task) -> None:
-    """Mark ``task`` as running in the current context (the task's own context)."""
-    _current.set((manager, task))
 
 
 def remember_manager(manager: TaskManager, *, as_default: bool) -> None:

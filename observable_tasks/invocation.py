@@ -11,36 +11,60 @@ import functools
 import inspect
 import types
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
-__all__ = ["Invocation", "prepare", "function_name", "reject_coroutine"]
+__all__ = ["CallShape", "Invocation", "check_call", "prepare", "function_name", "reject_coroutine"]
 
 _SIGNATURES: dict[types.CodeType, inspect.Signature] = {}
-_CHECKED: dict[tuple[types.CodeType, int, tuple[str, ...]], tuple[bool, bool, str]] = {}
+_CHECKED: dict[tuple[types.CodeType, int, tuple[str, ...]], CallShape] = {}
 _MAX_CACHED = 4096
 
 
-class Invocation:
-    """A callable with bound arguments, ready to run once."""
+class CallShape:
+    """What checking a call found out: shared by every call of the same shape (cached)."""
 
-    __slots__ = ("args", "func", "is_async", "kwargs", "name", "wants_task_id")
+    __slots__ = ("is_async", "name", "wants_task_id")
+
+    def __init__(self, is_async: bool, wants_task_id: bool, name: str) -> None:
+        self.is_async = is_async
+        """Await the function's coroutine (else it runs in a worker thread)."""
+        self.wants_task_id = wants_task_id
+        """The function has a ``task_id`` parameter the caller did not fill: inject it."""
+        self.name = name
+        """``module.qualname`` of the function (see :func:`function_name`)."""
+
+
+class Invocation:
+    """A callable with its arguments, checked against its signature, ready to run once.
+
+    The manager's per-task execution state subclasses this (one object per task, not two).
+    """
+
+    __slots__ = ("args", "func", "kwargs", "shape")
 
     def __init__(
         self,
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        is_async: bool,
-        wants_task_id: bool,
-        name: str,
+        shape: CallShape,
     ) -> None:
         self.func = func
         self.args = args
         self.kwargs = kwargs
-        self.is_async = is_async
-        self.wants_task_id = wants_task_id
-        self.name = name
-        """``module.qualname`` of the function (see :func:`function_name`)."""
+        self.shape = shape
+
+    @property
+    def is_async(self) -> bool:
+        return self.shape.is_async
+
+    @property
+    def wants_task_id(self) -> bool:
+        return self.shape.wants_task_id
+
+    @property
+    def name(self) -> str:
+        return self.shape.name
 
     def start(self, task_id: str) -> Awaitable[Any]:
         """Call the function and return what to await for its result.
@@ -48,10 +72,10 @@ class Invocation:
         An async function's own coroutine is returned as is (no wrapper: this is the hot path);
         a sync function runs in a worker thread.
         """
-        kwargs = self.kwargs
-        if self.wants_task_id:
+        shape, kwargs = self.shape, self.kwargs
+        if shape.wants_task_id:
             kwargs = {**kwargs, "task_id": task_id}
-        if self.is_async:
+        if shape.is_async:
             return self.func(*self.args, **kwargs)  # type: ignore[no-any-return]
         return _in_thread(self.func, self.args, kwargs)
 
@@ -76,6 +100,12 @@ def function_name(func: Callable[..., Any]) -> str:
 
 
 def prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation:
+    """:func:`check_call`, then the checked call as an :class:`Invocation`."""
+    shape = check_call(func, args, kwargs)
+    return Invocation(cast("Callable[..., Any]", func), args, kwargs, shape)
+
+
+def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallShape:
     """Check that ``func(*args, **kwargs)`` is a valid call, without calling it.
 
     Raises ``TypeError`` with a clear message for a coroutine object, a non-callable, or
@@ -89,15 +119,15 @@ def prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invo
         key = (func.__code__, len(args), tuple(kwargs))
         known = _CHECKED.get(key)
         if known is not None:
-            return Invocation(func, args, kwargs, *known)
-        invocation = _prepare(func, args, kwargs)
+            return known
+        shape = _check(func, args, kwargs)
         if len(_CHECKED) < _MAX_CACHED:
-            _CHECKED[key] = (invocation.is_async, invocation.wants_task_id, invocation.name)
-        return invocation
-    return _prepare(func, args, kwargs)
+            _CHECKED[key] = shape
+        return shape
+    return _check(func, args, kwargs)
 
 
-def _prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation:
+def _check(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallShape:
     reject_coroutine(func)
     if not callable(func):
         raise TypeError(f"create_task() needs a callable, got {type(func).__name__}: {func!r}")
@@ -132,7 +162,7 @@ def _prepare(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Inv
             raise TypeError(
                 f"cannot call {function_name(func)}{sig} with the given arguments: {exc}"
             ) from None
-    return Invocation(func, args, kwargs, _is_async(func), wants_task_id, function_name(func))
+    return CallShape(_is_async(func), wants_task_id, function_name(func))
 
 
 def reject_coroutine(func: object) -> None:

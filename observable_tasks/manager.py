@@ -21,9 +21,9 @@ from typing import Any
 
 from observable_tasks._awaitable import Done
 from observable_tasks.config import TaskConfig
-from observable_tasks.current import remember_manager, set_current
+from observable_tasks.current import current_var, remember_manager
 from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError, TaskTimeoutError
-from observable_tasks.invocation import Invocation, prepare
+from observable_tasks.invocation import CallShape, Invocation, check_call
 from observable_tasks.middleware import (
     TaskMiddleware,
     TaskObserver,
@@ -41,6 +41,7 @@ logger = logging.getLogger("observable_tasks")
 TaskCallback = Callable[[Task], Awaitable[None] | None]
 """Called with the task once it reaches a final status (sync or async)."""
 
+_NO_KWARGS: dict[str, Any] = {}  # shared, never mutated (Invocation.start copies to inject)
 _HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
 _get_running_loop = asyncio.events._get_running_loop
 
@@ -65,8 +66,12 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class _Job:
-    """Execution-side state of one task, private to the manager."""
+def _spent(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("this task's function already ran")
+
+
+class _Job(Invocation):
+    """Execution-side state of one task (and the call it makes), private to the manager."""
 
     __slots__ = (
         "aio",
@@ -75,16 +80,26 @@ class _Job:
         "entered",
         "error",
         "has_outcome",
-        "invocation",
         "result",
         "task",
         "timed_out",
         "waiters",
     )
 
-    def __init__(self, task: Task, invocation: Invocation) -> None:
+    def __init__(
+        self,
+        task: Task,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        shape: CallShape,
+    ) -> None:
+        # Invocation's fields set here rather than through super().__init__: this is per task.
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.shape = shape
         self.task = task
-        self.invocation: Invocation | None = invocation
         self.aio: asyncio.Task[None] | None = None
         # Allocated on first use: most tasks have neither (memory per task matters).
         self.waiters: list[asyncio.Future[None]] | None = None
@@ -133,6 +148,7 @@ class TaskManager:
         self._history: collections.deque[Task] = collections.deque()  # finished, oldest first
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = _State.IDLE
+        self._accepting = True  # mirrors _state, read on every create (see _set_state)
         self._cleanup_handle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self.internal_errors: collections.Counter[str] = collections.Counter()
@@ -167,7 +183,11 @@ class TaskManager:
     @property
     def is_accepting(self) -> bool:
         """False while shutting down and after shutdown (until :meth:`start`)."""
-        return self._state in (_State.IDLE, _State.RUNNING)
+        return self._accepting
+
+    def _set_state(self, state: _State) -> None:
+        self._state = state
+        self._accepting = state in (_State.IDLE, _State.RUNNING)
 
     async def start(self) -> None:
         """Bind to the running event loop and start the history sweeper (also after a shutdown)."""
@@ -177,7 +197,7 @@ class TaskManager:
         if self._state is _State.CLOSING:
             raise TaskManagerClosedError("cannot start a TaskManager while it is shutting down")
         self._bind(loop)
-        self._state = _State.RUNNING
+        self._set_state(_State.RUNNING)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting tasks, cancel pending ones, give running ones ``timeout`` seconds
@@ -187,7 +207,7 @@ class TaskManager:
         """
         if self._state in (_State.CLOSING, _State.CLOSED):
             return
-        self._state = _State.CLOSING
+        self._set_state(_State.CLOSING)
         try:
             if self._cleanup_handle is not None:
                 self._cleanup_handle.cancel()
@@ -214,7 +234,7 @@ class TaskManager:
             if self._background:
                 await asyncio.wait(list(self._background), timeout=max(1.0, grace))
         finally:
-            self._state = _State.CLOSED
+            self._set_state(_State.CLOSED)
 
     # -- creating tasks -----------------------------------------------------------------------
 
@@ -258,8 +278,8 @@ class TaskManager:
         name: str | None,
         timeout: float | None,
     ) -> Task:
-        invocation = prepare(func, args, kwargs)  # first: it also closes a coroutine object
-        if not self.is_accepting:
+        shape = check_call(func, args, kwargs)  # first: it also closes a coroutine object
+        if not self._accepting:
             raise TaskManagerClosedError(
                 "the TaskManager is shutting down (or shut down) and accepts no new tasks"
             )
@@ -273,24 +293,25 @@ class TaskManager:
             or not (math.isfinite(timeout) and timeout > 0)
         ):
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-        in_loop = self._on_loop_thread()
-        fn = invocation.name
+        loop = self._loop
+        in_loop = (loop is not None and _get_running_loop() is loop) or self._on_loop_thread()
+        fn = shape.name
         task = Task(
-            new_task_id(),
-            name or fn.rpartition(".")[2],
-            fn,
-            timeout=timeout,
-            wall_created=time.time(),
-            mono_created=self._clock(),
+            new_task_id(), name or fn.rpartition(".")[2], fn, timeout, time.time(), self._clock()
         )
-        job = _Job(task, invocation)
+        # No keywords (the usual case): the shared empty dict, so the call's own is freed now.
+        job = _Job(task, func, args, kwargs or _NO_KWARGS, shape)
         # Single dict stores are atomic, so threads may create tasks without a lock.
-        self._tasks[task.id] = task
-        self._jobs[task.id] = job
+        task_id = task.id
+        self._tasks[task_id] = task
+        self._jobs[task_id] = job
         if self._observers:
             self._notify("on_created", task)
         if in_loop:
-            self._admit(job)
+            if len(self._running) < self.config.max_concurrent_tasks and self._accepting:
+                self._start(job)  # the common case of _admit, inlined: this is the hot path
+            else:
+                self._admit(job)
         else:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._admit, job)
@@ -345,7 +366,10 @@ class TaskManager:
             job.waiters = []
         job.waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            if timeout is None:
+                await waiter
+            else:
+                await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"task {task_id} did not finish within {timeout:g}s (it keeps running)"
@@ -471,7 +495,7 @@ class TaskManager:
     def _admit(self, job: _Job) -> None:
         if job.task.status is not TaskStatus.PENDING:
             return  # cancelled before it was admitted
-        if not self.is_accepting:
+        if not self._accepting:
             self._cancel_pending(job)
         elif len(self._running) < self.config.max_concurrent_tasks:
             self._start(job)
@@ -479,30 +503,50 @@ class TaskManager:
             self._pending.append(job)
 
     def _start(self, job: _Job) -> None:
+        # Only ever called with a PENDING job (see _admit), so PENDING -> RUNNING is valid.
         task = job.task
-        check_transition(task.status, TaskStatus.RUNNING)
         task.status = TaskStatus.RUNNING
         task._mono_started = self._clock()
         self._running[task.id] = job
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
         # A fresh context: a task must not inherit whatever the creating request (or the task
         # that freed its slot) had current. Middleware sets up what the task should see.
         ctx = contextvars.Context()
         if _HAS_TASK_CONTEXT:
-            job.aio = self._loop.create_task(self._run(job), context=ctx)  # type: ignore[call-arg]
+            job.aio = loop.create_task(self._run(job), context=ctx)  # type: ignore[call-arg]
         else:  # pragma: no cover - Python 3.10
-            job.aio = ctx.run(self._loop.create_task, self._run(job))
+            job.aio = ctx.run(loop.create_task, self._run(job))
         # Nothing may cancel job.aio before its first step (its body, and so _finish, would never
         # run): cancel_task() sets cancel_requested instead, and shutdown() force-finishes.
 
     async def _run(self, job: _Job) -> None:
         job.entered = True
-        set_current(self, job.task)
-        chain = self._chain
-        if chain is None:
-            chain = self._chain = build_chain([mw for _, mw in self._middleware], self._execute)
+        task = job.task
+        current_var.set((self, task))
         try:
-            await chain(job.task)
+            if self._middleware:
+                chain = self._chain
+                if chain is None:
+                    chain = self._chain = build_chain(
+                        [mw for _, mw in self._middleware], self._execute
+                    )
+                await chain(task)
+            else:
+                # No middleware: _execute's work inlined, one coroutine less per task.
+                handle = None if task.timeout is None else self._arm_timeout(job)
+                try:
+                    if job.cancel_requested:  # cancel_task() came before the first step
+                        raise asyncio.CancelledError
+                    result = await job.start(task.id)
+                except BaseException as exc:
+                    self._failure(job, exc)
+                    raise
+                finally:
+                    if handle is not None:
+                        handle.cancel()
+                job.has_outcome = True
+                job.result = result
         except (Exception, asyncio.CancelledError) as exc:
             if not job.has_outcome:
                 job.record(error=exc)
@@ -514,37 +558,48 @@ class TaskManager:
         self._finish(job)
 
     async def _execute(self, task: Task) -> Any:
-        """Innermost link of the chain: run the function under its timeout, record the outcome."""
+        """Innermost link of the middleware chain: run the function under its timeout."""
         job = self._running[task.id]
-        invocation = job.invocation
-        assert invocation is not None
-        assert self._loop is not None
-        handle = None
-        if task.timeout is not None:
-            handle = self._loop.call_later(task.timeout, self._expire, job)
+        handle = self._arm_timeout(job)
         try:
-            if job.cancel_requested:  # cancel_task() came before the task's first step
-                raise asyncio.CancelledError
-            result = await invocation.start(task.id)
-        except asyncio.CancelledError as exc:
-            if job.timed_out:
-                current = asyncio.current_task()
-                if current is not None and hasattr(current, "uncancel"):
-                    current.uncancel()
-                assert task.timeout is not None
-                error = TaskTimeoutError(task.timeout)
-                job.record(error=error)
-                raise error from None
-            job.record(error=exc)
-            raise
+            result = await self._invoke(job)
         except BaseException as exc:
-            job.record(error=exc)
-            raise
+            error = self._failure(job, exc)
+            if error is exc:
+                raise
+            raise error from None
         finally:
             if handle is not None:
                 handle.cancel()
-        job.record(result=result)
+        job.record(result)
         return result
+
+    def _arm_timeout(self, job: _Job) -> asyncio.TimerHandle | None:
+        timeout = job.task.timeout
+        if timeout is None:
+            return None
+        assert self._loop is not None
+        return self._loop.call_later(timeout, self._expire, job)
+
+    def _invoke(self, job: _Job) -> Awaitable[Any]:
+        if job.cancel_requested:  # cancel_task() came before the task's first step
+            raise asyncio.CancelledError
+        return job.start(job.task.id)
+
+    def _failure(self, job: _Job, exc: BaseException) -> BaseException:
+        """Record what an execution that raised ``exc`` ended with, and return it.
+
+        The cancellation our own timeout caused becomes a :class:`TaskTimeoutError` (and the
+        asyncio task is un-cancelled, so that the middleware above sees a plain exception).
+        """
+        if job.timed_out and isinstance(exc, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if current is not None and hasattr(current, "uncancel"):
+                current.uncancel()
+            assert job.task.timeout is not None
+            exc = TaskTimeoutError(job.task.timeout)
+        job.record(error=exc)
+        return exc
 
     def _expire(self, job: _Job) -> None:
         if job.aio is not None and not job.task.is_done:
@@ -565,32 +620,35 @@ class TaskManager:
 
     def _finish(self, job: _Job, *, forced: bool = False) -> None:
         task = job.task
-        if task.is_done:
+        if task.status is not TaskStatus.RUNNING:
             return  # already forced to CANCELLED during shutdown
+        # RUNNING may move to any final status: no transition check needed.
+        task._mono_finished = self._clock()
         if forced or not job.has_outcome:
-            status = TaskStatus.CANCELLED
+            task.status = TaskStatus.CANCELLED
+        elif job.error is None:
+            task.result = job.result
+            task.status = TaskStatus.COMPLETED
         else:
             status = outcome_status(job.error)
-        check_transition(task.status, status)
-        task._mono_finished = self._clock()
-        if status is TaskStatus.COMPLETED:
-            task.result = job.result
-        elif status is not TaskStatus.CANCELLED:
-            task.error = job.error
-        task.status = status
-        self._running.pop(task.id, None)
+            if status is not TaskStatus.CANCELLED:
+                task.error = job.error
+            task.status = status
+        del self._running[task.id]
         self._settle(job)
-        self._admit_next()
+        if self._pending:
+            self._admit_next()
 
     def _admit_next(self) -> None:
         limit = self.config.max_concurrent_tasks
-        while self._pending and len(self._running) < limit and self.is_accepting:
+        while self._pending and len(self._running) < limit and self._accepting:
             self._start(self._pending.popleft())
 
     def _settle(self, job: _Job) -> None:
         """Common ending: wake waiters, run callbacks, file into history (or forget)."""
         task = job.task
-        job.invocation = None  # drop references to arguments as soon as possible
+        # Drop references to the function and its arguments as soon as possible.
+        job.func, job.args, job.kwargs = _spent, (), _NO_KWARGS
         job.aio = None
         self._jobs.pop(task.id, None)  # only the Task stays in history, not its execution state
         if job.waiters:
@@ -603,21 +661,25 @@ class TaskManager:
                 self._run_callback(callback, task)
             job.callbacks = None
         config = self.config
-        if not config.enable_task_history or config.max_task_history == 0:
+        limit = config.max_task_history
+        if not config.enable_task_history or limit == 0:
             self._forget(task)
             return
-        self._history.append(task)
-        while len(self._history) > config.max_task_history:
-            self._forget(self._history.popleft())
+        history = self._history
+        history.append(task)
+        while len(history) > limit:
+            old = history.popleft()  # _forget(), inlined: once per task with a full history
+            if self._tasks.pop(old.id, None) is not None and self._observers:
+                self._notify("on_evicted", old)
         # TTL on completion too; checked inline here as this runs for every task.
-        if (self._history[0]._mono_finished or 0.0) <= (
+        if (history[0]._mono_finished or 0.0) <= (
             (task._mono_finished or 0.0) - config.task_result_ttl
         ):
             self.cleanup()
 
     def _forget(self, task: Task) -> None:
         known = self._tasks.pop(task.id, None)
-        if known is not None:
+        if known is not None and self._observers:
             self._notify("on_evicted", task)
 
     # -- internals: failsafe hooks ------------------------------------------------------------

@@ -65,7 +65,6 @@ class Task:
         id: str,
         name: str,
         function: str,
-        *,
         timeout: float | None = None,
         wall_created: float = 0.0,
         mono_created: float = 0.0,
