@@ -15,6 +15,7 @@ from observable_tasks.telemetry import names
 from observable_tasks.telemetry.logs import TaskLogger, add_trace_context, configure_logging
 from observable_tasks.telemetry.metrics import LabelLimiter, TaskMetrics, is_multiprocess
 from observable_tasks.telemetry.otel import configure_tracing
+from observable_tasks.telemetry.pipeline import TelemetryPart, TelemetryPipeline
 from observable_tasks.telemetry.tracing import TaskTracer
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ __all__ = [
     "TaskLogger",
     "TaskMetrics",
     "TaskTracer",
+    "TelemetryPart",
+    "TelemetryPipeline",
     "add_trace_context",
     "configure_logging",
     "configure_tracing",
@@ -68,26 +71,30 @@ def instrument(
 ) -> Instrumentation:
     """Attach tracing, metrics and logging to ``manager`` (each can be switched off).
 
-    Order matters and is fixed: tracing is outermost, so the task's span is current while
-    metrics and logs run, and logs are innermost, so every log line carries the span's ids.
+    The parts run as one middleware (:class:`TelemetryPipeline`), in a fixed order: tracing
+    first, so the task's span is current while metrics and logs run, and logs last, so every log
+    line carries the span's ids. A part that fails is reported under its name (``tracing``,
+    ``metrics``, ``logs``) and skipped; the task and the other parts are not affected.
     ``tracer_provider`` defaults to the global provider, ``registry`` to prometheus_client's
     global registry, ``logger`` to ``structlog.get_logger("observable_tasks")``; logs honour
     ``manager.config.log_level``.
     """
     tracer = metric = log = None
+    parts: list[TelemetryPart] = []
     if tracing:
-        tracer = TaskTracer(tracer_provider, report=manager.report_internal_error)
-        manager.add_observer(tracer)
-        manager.add_middleware(tracer, name="tracing")
+        tracer = TaskTracer(tracer_provider)
+        parts.append(tracer)
     if metrics:
         metric = TaskMetrics(registry, namespace=namespace, max_task_labels=max_task_labels)
         metric.attach(manager)
-        manager.add_observer(metric)
-        manager.add_middleware(metric, name="metrics")
+        parts.append(metric)
     if logs:
         log = TaskLogger(logger, level=manager.config.log_level_no)
-        manager.add_observer(log)
-        manager.add_middleware(log, name="logs")
+        parts.append(log)
+    if parts:
+        pipeline = TelemetryPipeline(parts, report=manager.report_internal_error)
+        manager.add_observer(pipeline)
+        manager.add_middleware(pipeline, name="telemetry")
     if metric is not None:
-        metric.expect_components(manager.middleware_names)
+        metric.expect_components([part.name for part in parts])
     return Instrumentation(tracer, metric, log)

@@ -12,16 +12,15 @@ import asyncio
 import logging
 import math
 import sys
-import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from opentelemetry import trace
 
 from observable_tasks.errors import TaskTimeoutError
-from observable_tasks.middleware import CallNext, TaskObserver
 from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
 from observable_tasks.telemetry.names import LOG_EVENTS, LOG_FIELDS
+from observable_tasks.telemetry.pipeline import TelemetryPart
 
 if TYPE_CHECKING:
     from observable_tasks.task import Task
@@ -31,12 +30,14 @@ __all__ = ["TaskLogger", "add_trace_context", "configure_logging"]
 _F = LOG_FIELDS
 
 
-class TaskLogger(TaskObserver):
-    """Observer + middleware that logs each task's life with structlog.
+class TaskLogger(TelemetryPart):
+    """Logs part: structlog events for each task's life, task ids bound while it runs.
 
     ``level`` (e.g. ``TaskConfig.log_level``) drops events below it before any work is done.
     Progress is logged when it moved by at least ``progress_step`` points, and at 100.
     """
+
+    name = "logs"
 
     def __init__(
         self,
@@ -98,9 +99,9 @@ class TaskLogger(TaskObserver):
         if self._on(logging.DEBUG):
             self._log.debug(LOG_EVENTS["evicted"], **self._fields_outside(task))
 
-    # -- middleware ---------------------------------------------------------------------------
+    # -- around each execution ---------------------------------------------------------------
 
-    async def __call__(self, task: Task, call_next: CallNext) -> Any:
+    def begin(self, task: Task) -> dict[str, Any]:
         bound: dict[str, Any] = {_F.TASK_ID: task.id, _F.TASK_NAME: task.name}
         ctx = trace.get_current_span().get_span_context()
         if ctx.is_valid:
@@ -109,46 +110,44 @@ class TaskLogger(TaskObserver):
             bound[_F.TRACE_ID] = format(ctx.trace_id, "032x")
         # The task's own context: these bindings end with the task and never reach the request.
         structlog.contextvars.bind_contextvars(**bound)
-        fields = {**bound, _F.FUNCTION: task.function}
+        fields = bound  # the bindings are already a copy; the line fields extend the dict
+        fields[_F.FUNCTION] = task.function
         if ctx.is_valid:
             fields[_F.SPAN_ID] = format(ctx.span_id, "016x")
-        if self._on(logging.INFO):
+        if self._level <= logging.INFO:
             self._log.info(
                 LOG_EVENTS["started"], **fields, status="running", queue_wait_s=task.queue_wait
             )
-        start = time.perf_counter()
-        try:
-            result = await call_next()
-        except TaskTimeoutError as exc:
-            if self._on(logging.WARNING):
+        return fields
+
+    def end(
+        self, task: Task, fields: dict[str, Any], error: BaseException | None, elapsed: float
+    ) -> None:
+        if self._last_progress:
+            self._last_progress.pop(task.id, None)
+        level = self._level
+        if error is None:
+            if level <= logging.INFO:
+                self._log.info(
+                    LOG_EVENTS["completed"], **fields, status="completed", duration_s=elapsed
+                )
+        elif isinstance(error, TaskTimeoutError):
+            if level <= logging.WARNING:
                 self._log.warning(
-                    LOG_EVENTS["timeout"], **fields, status="timeout",
-                    duration_s=time.perf_counter() - start, timeout_s=exc.timeout,
+                    LOG_EVENTS["timeout"], **fields, status="timeout", duration_s=elapsed,
+                    timeout_s=error.timeout,
                 )  # fmt: skip
-            raise
-        except asyncio.CancelledError:
-            if self._on(logging.INFO):
+        elif isinstance(error, asyncio.CancelledError):
+            if level <= logging.INFO:
                 self._log.info(
                     LOG_EVENTS["cancelled"], **fields, status="cancelled", was_running=True,
-                    duration_s=time.perf_counter() - start,
+                    duration_s=elapsed,
                 )  # fmt: skip
-            raise
-        except Exception as exc:
-            if self._on(logging.ERROR):
-                self._log.error(
-                    LOG_EVENTS["failed"], **fields, status="failed",
-                    duration_s=time.perf_counter() - start,
-                    error_type=error_type(exc), error=str(exc), exc_info=exc,
-                )  # fmt: skip
-            raise
-        finally:
-            self._last_progress.pop(task.id, None)
-        if self._on(logging.INFO):
-            self._log.info(
-                LOG_EVENTS["completed"], **fields, status="completed",
-                duration_s=time.perf_counter() - start,
+        elif isinstance(error, Exception) and level <= logging.ERROR:
+            self._log.error(
+                LOG_EVENTS["failed"], **fields, status="failed", duration_s=elapsed,
+                error_type=error_type(error), error=str(error), exc_info=error,
             )  # fmt: skip
-        return result
 
 
 def add_trace_context(

@@ -15,16 +15,17 @@ import time
 import weakref
 from collections import Counter as _Counts
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from observable_tasks.middleware import CallNext, TaskObserver, outcome_status
+from observable_tasks.middleware import outcome_status
 from observable_tasks.status import TaskStatus
 from observable_tasks.telemetry import names
 from observable_tasks.telemetry._common import error_type
+from observable_tasks.telemetry.pipeline import TelemetryPart
 
 if TYPE_CHECKING:
     from observable_tasks.manager import TaskManager
@@ -206,13 +207,15 @@ class _Bound:
         self.pending = families.pending.labels(label) if families.pending is not None else None
 
 
-class TaskMetrics(TaskObserver):
-    """Observer + middleware that records Prometheus metrics for every task.
+class TaskMetrics(TelemetryPart):
+    """Metrics part: counts, gauges and histograms for every task.
 
     ``registry`` defaults to prometheus_client's global ``REGISTRY``; several managers on one
     registry share the metric families (series add up). ``max_task_labels`` caps distinct task
     function labels, ``max_error_types`` distinct exception classes.
     """
+
+    name = "metrics"
 
     def __init__(
         self,
@@ -270,7 +273,7 @@ class TaskMetrics(TaskObserver):
 
     # -- middleware ---------------------------------------------------------------------------
 
-    async def __call__(self, task: Task, call_next: CallNext) -> Any:
+    def begin(self, task: Task) -> _Bound:
         bound = self._for(task)
         wait = task.queue_wait
         if wait is not None:
@@ -278,19 +281,9 @@ class TaskMetrics(TaskObserver):
         if bound.running is not None and bound.pending is not None:
             bound.pending.dec()
             bound.running.inc()
-        start = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            return await call_next()
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._record(task, bound, error, time.perf_counter() - start)
+        return bound
 
-    def _record(
-        self, task: Task, bound: _Bound, error: BaseException | None, elapsed: float
-    ) -> None:
+    def end(self, task: Task, bound: _Bound, error: BaseException | None, elapsed: float) -> None:
         status = outcome_status(error).value
         bound.finished[status].inc()
         bound.duration[status].observe(elapsed)

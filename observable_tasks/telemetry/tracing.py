@@ -15,7 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from observable_tasks.middleware import CallNext, ErrorReporter, TaskObserver, outcome_status
+from observable_tasks.middleware import outcome_status
 from observable_tasks.status import TaskStatus
 from observable_tasks.telemetry._common import error_type
 from observable_tasks.telemetry.names import (
@@ -24,6 +24,7 @@ from observable_tasks.telemetry.names import (
     SPAN_PROCESS,
     SPAN_SEND,
 )
+from observable_tasks.telemetry.pipeline import TelemetryPart
 
 if TYPE_CHECKING:
     from observable_tasks.task import Task
@@ -31,40 +32,37 @@ if TYPE_CHECKING:
 __all__ = ["TaskTracer"]
 
 
-class TaskTracer(TaskObserver):
-    """Observer (``on_created``) and middleware (``__call__``) that trace every task."""
+class TaskTracer(TelemetryPart):
+    """Tracing part: the send span in ``on_created``, the process span around the execution."""
 
-    def __init__(
-        self,
-        tracer_provider: trace.TracerProvider | None = None,
-        *,
-        report: ErrorReporter | None = None,
-    ) -> None:
+    name = "tracing"
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         # None: the global provider, resolved lazily so a provider installed later still counts.
         self._tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
-        self._report = report
 
     def on_created(self, task: Task) -> None:
+        attributes: dict[str, Any] = {
+            ATTR.MESSAGING_SYSTEM: ATTR.SYSTEM_VALUE,
+            ATTR.MESSAGING_OPERATION_TYPE: "send",
+            ATTR.MESSAGING_OPERATION_NAME: "send",
+            ATTR.MESSAGE_ID: task.id,
+            ATTR.CODE_FUNCTION: task.function,
+            ATTR.TASK_NAME: task.name,
+        }
+        if task.timeout is not None:
+            attributes[ATTR.TASK_TIMEOUT] = task.timeout
         span = self._tracer.start_span(
-            SPAN_SEND.format(function=task.function),
-            kind=SpanKind.PRODUCER,
-            attributes={
-                ATTR.MESSAGING_SYSTEM: ATTR.SYSTEM_VALUE,
-                ATTR.MESSAGING_OPERATION_TYPE: "send",
-                ATTR.MESSAGING_OPERATION_NAME: "send",
-                ATTR.MESSAGE_ID: task.id,
-                ATTR.CODE_FUNCTION: task.function,
-                ATTR.TASK_NAME: task.name,
-                **({ATTR.TASK_TIMEOUT: task.timeout} if task.timeout is not None else {}),
-            },
+            SPAN_SEND.format(function=task.function), kind=SpanKind.PRODUCER, attributes=attributes
         )
         try:
             propagate.inject(task.headers, context=trace.set_span_in_context(span))
         finally:
             span.end()
 
-    async def __call__(self, task: Task, call_next: CallNext) -> Any:
-        parent = propagate.extract(task.headers) if task.headers else otel_context.Context()
+    def begin(self, task: Task) -> tuple[trace.Span, object]:
+        headers = task.headers
+        parent = propagate.extract(headers) if headers else otel_context.Context()
         attributes: dict[str, Any] = {
             ATTR.MESSAGING_SYSTEM: ATTR.SYSTEM_VALUE,
             ATTR.MESSAGING_OPERATION_TYPE: "process",
@@ -84,19 +82,29 @@ class TaskTracer(TaskObserver):
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         )
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        error: BaseException | None = None
         try:
-            return await call_next()
-        except BaseException as exc:
-            error = exc
+            # Current while the function runs: the user's own spans nest under it.
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+        except BaseException:
+            span.end()
             raise
+        return span, token
+
+    def end(
+        self,
+        task: Task,
+        state: tuple[trace.Span, object],
+        error: BaseException | None,
+        elapsed: float,
+    ) -> None:
+        span, token = state
+        try:
+            otel_context.detach(token)  # type: ignore[arg-type]
         finally:
-            otel_context.detach(token)
             self._close(span, error)
 
     def _close(self, span: trace.Span, error: BaseException | None) -> None:
-        # Bookkeeping after the outcome is known: failures here must not mask the outcome.
+        # Bookkeeping after the outcome is known: the span must end whatever happens here.
         try:
             status = outcome_status(error)
             span.set_attribute(ATTR.TASK_STATUS, status.value)
@@ -107,8 +115,5 @@ class TaskTracer(TaskObserver):
                     span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             # CANCELLED is a state, not an error: status stays unset.
-        except Exception as exc:
-            if self._report is not None:
-                self._report(type(self).__name__, exc)
         finally:
             span.end()

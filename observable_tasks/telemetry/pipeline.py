@@ -1,0 +1,121 @@
+"""One middleware for all telemetry: every part's ``begin``, the task, every part's ``end``.
+
+Tracing, metrics and logs are *parts*: two plain synchronous hooks around an execution instead of
+three nested async middlewares. Nesting cost a guarded coroutine per part per task for nothing the
+parts need; the pipeline calls the hooks in order (tracing first, so its span is current for the
+others; ends in reverse, so logs still see the span) and keeps each part failsafe on its own: a
+part that raises is reported under its name and skipped, the task and the other parts go on.
+
+A part still works alone as an ordinary middleware (``manager.add_middleware(TaskTracer())``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from observable_tasks.middleware import CallNext, ErrorReporter, TaskObserver
+
+if TYPE_CHECKING:
+    from observable_tasks.task import Task
+
+__all__ = ["TelemetryPart", "TelemetryPipeline"]
+
+_HOOKS = ("on_created", "on_cancelled_pending", "on_progress", "on_evicted", "on_internal_error")
+_SKIPPED = object()  # the state of a part whose begin() raised: its end() is not called
+
+
+def _overrides(part: TaskObserver, hook: str) -> bool:
+    return getattr(type(part), hook) is not getattr(TaskObserver, hook)
+
+
+class TelemetryPart(TaskObserver):
+    """A kind of telemetry: observer hooks plus ``begin``/``end`` around each execution."""
+
+    #: Component name in error reports and ``telemetry_errors_total{component}``.
+    name = "telemetry"
+
+    def begin(self, task: Task) -> Any:
+        """Called in the task's own context before the function runs; returns a state."""
+
+    def end(self, task: Task, state: Any, error: BaseException | None, elapsed: float) -> None:
+        """Called after the function, with what ``begin`` returned, what the function raised
+        (``None`` when it returned) and the seconds it ran."""
+
+    async def __call__(self, task: Task, call_next: CallNext) -> Any:
+        """The part alone, as a middleware (the pipeline does not use this)."""
+        state = self.begin(task)
+        start = time.perf_counter()
+        try:
+            result = await call_next()
+        except BaseException as exc:
+            self.end(task, state, exc, time.perf_counter() - start)
+            raise
+        self.end(task, state, None, time.perf_counter() - start)
+        return result
+
+
+class TelemetryPipeline(TaskObserver):
+    """The middleware and observer :func:`~observable_tasks.telemetry.instrument` installs."""
+
+    def __init__(self, parts: Sequence[TelemetryPart], report: ErrorReporter) -> None:
+        self.parts = tuple(parts)
+        self._report = report
+        self._reversed = self.parts[::-1]
+        # Observer hooks each part really defines (the inherited no-ops are not called per task).
+        self._hooks = {hook: tuple(p for p in self.parts if _overrides(p, hook)) for hook in _HOOKS}
+
+    async def __call__(self, task: Task, call_next: CallNext) -> Any:
+        states: list[Any] = []
+        for part in self.parts:
+            try:
+                states.append(part.begin(task))
+            except Exception as exc:
+                self._report(part.name, exc)
+                states.append(_SKIPPED)
+        error: BaseException | None = None
+        start = time.perf_counter()
+        try:
+            return await call_next()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            i = len(states)
+            for part in self._reversed:
+                i -= 1
+                if states[i] is not _SKIPPED:
+                    try:
+                        part.end(task, states[i], error, elapsed)
+                    except Exception as exc:
+                        self._report(part.name, exc)
+
+    # -- observer hooks, forwarded (each failure reported as "<Part>.<hook>") -----------------
+
+    def _forward(self, hook: str, *args: Any) -> None:
+        for part in self._hooks[hook]:
+            try:
+                getattr(part, hook)(*args)
+            except Exception as exc:
+                self._report(f"{type(part).__name__}.{hook}", exc)
+
+    def on_created(self, task: Task) -> None:
+        self._forward("on_created", task)
+
+    def on_cancelled_pending(self, task: Task) -> None:
+        self._forward("on_cancelled_pending", task)
+
+    def on_progress(self, task: Task, progress: float) -> None:
+        self._forward("on_progress", task, progress)
+
+    def on_evicted(self, task: Task) -> None:
+        self._forward("on_evicted", task)
+
+    def on_internal_error(self, component: str, error: BaseException) -> None:
+        for part in self._hooks["on_internal_error"]:
+            # Reporting must not recurse: a failure here is only in the manager's log line.
+            with contextlib.suppress(Exception):
+                part.on_internal_error(component, error)
