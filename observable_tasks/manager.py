@@ -161,12 +161,22 @@ class TaskManager:
 
     # -- extension points ---------------------------------------------------------------------
 
-    def add_middleware(self, middleware: TaskMiddleware, *, name: str | None = None) -> None:
-        """Add a task middleware; the first added is the outermost. Failsafe (see module doc)."""
+    def add_middleware(
+        self, middleware: TaskMiddleware, *, name: str | None = None, guarded: bool = True
+    ) -> None:
+        """Add a task middleware; the first added is the outermost.
+
+        Each middleware is wrapped by :func:`~observable_tasks.middleware.guard`, so that it
+        cannot change a task's outcome. ``guarded=False`` skips that wrapper (a coroutine and
+        a closure per task): only for middleware that keeps every guarantee of ``guard`` by
+        itself, as the built-in :class:`~observable_tasks.telemetry.TelemetryPipeline` does.
+        """
         if not callable(middleware):
             raise TypeError(f"middleware must be callable, got {middleware!r}")
         label = name or getattr(middleware, "__name__", None) or type(middleware).__name__
-        self._middleware.append((label, guard(middleware, label, self.report_internal_error)))
+        if guarded:
+            middleware = guard(middleware, label, self.report_internal_error)
+        self._middleware.append((label, middleware))
         self._chain = None
 
     def add_observer(self, observer: TaskObserver) -> None:

@@ -94,7 +94,8 @@ def instrument(
     if parts:
         pipeline = TelemetryPipeline(parts, report=manager.report_internal_error)
         manager.add_observer(pipeline)
-        manager.add_middleware(pipeline, name="telemetry")
+        # Not wrapped by guard(): the pipeline keeps its guarantees itself (test_pipeline.py).
+        manager.add_middleware(pipeline, name="telemetry", guarded=False)
     if metric is not None:
         metric.expect_components([part.name for part in parts])
     return Instrumentation(tracer, metric, log)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["TaskLogger", "add_trace_context", "configure_logging"]
 
 _F = LOG_FIELDS
+# Module constants: compared per log line (attribute lookups on the logging module are not free).
+_DEBUG, _INFO, _WARNING, _ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
 
 class TaskLogger(TelemetryPart):
@@ -51,16 +53,13 @@ class TaskLogger(TelemetryPart):
         self._step = progress_step
         self._last_progress: dict[str, float] = {}
 
-    def _on(self, level: int) -> bool:
-        return level >= self._level
-
     @staticmethod
     def _fields(task: Task) -> dict[str, Any]:
         return {
             _F.TASK_ID: task.id,
             _F.TASK_NAME: task.name,
             _F.FUNCTION: task.function,
-            _F.STATUS: task.status.value,
+            _F.STATUS: task.status._value_,  # not .value: a descriptor call per line
         }
 
     # -- observer hooks -----------------------------------------------------------------------
@@ -75,13 +74,13 @@ class TaskLogger(TelemetryPart):
         return fields
 
     def on_created(self, task: Task) -> None:
-        if self._on(logging.INFO):
+        if self._level <= _INFO:
             self._log.info(
                 LOG_EVENTS["created"], **self._fields_outside(task), timeout_s=task.timeout
             )
 
     def on_cancelled_pending(self, task: Task) -> None:
-        if self._on(logging.INFO):
+        if self._level <= _INFO:
             self._log.info(LOG_EVENTS["cancelled"], **self._fields_outside(task), was_running=False)
 
     def on_progress(self, task: Task, progress: float) -> None:
@@ -89,14 +88,14 @@ class TaskLogger(TelemetryPart):
         if progress < 100.0 and progress - last < self._step:
             return
         self._last_progress[task.id] = progress
-        if self._on(logging.INFO):
+        if self._level <= _INFO:
             fields = self._fields(task)
             fields[_F.PROGRESS] = round(progress, 2)
             self._log.info(LOG_EVENTS["progress"], **fields)
 
     def on_evicted(self, task: Task) -> None:
         self._last_progress.pop(task.id, None)
-        if self._on(logging.DEBUG):
+        if self._level <= _DEBUG:
             self._log.debug(LOG_EVENTS["evicted"], **self._fields_outside(task))
 
     # -- around each execution ---------------------------------------------------------------
@@ -104,7 +103,8 @@ class TaskLogger(TelemetryPart):
     def begin(self, task: Task) -> dict[str, Any]:
         bound: dict[str, Any] = {_F.TASK_ID: task.id, _F.TASK_NAME: task.name}
         ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
+        valid = ctx.is_valid  # a property that compares both ids: read once
+        if valid:
             # Only the trace id is bound: the span id of a user's log line is that of the span
             # current at the call (add_trace_context), which may be a child of the task's span.
             bound[_F.TRACE_ID] = format(ctx.trace_id, "032x")
@@ -112,9 +112,9 @@ class TaskLogger(TelemetryPart):
         structlog.contextvars.bind_contextvars(**bound)
         fields = bound  # the bindings are already a copy; the line fields extend the dict
         fields[_F.FUNCTION] = task.function
-        if ctx.is_valid:
+        if valid:
             fields[_F.SPAN_ID] = format(ctx.span_id, "016x")
-        if self._level <= logging.INFO:
+        if self._level <= _INFO:
             self._log.info(
                 LOG_EVENTS["started"], **fields, status="running", queue_wait_s=task.queue_wait
             )
@@ -127,23 +127,23 @@ class TaskLogger(TelemetryPart):
             self._last_progress.pop(task.id, None)
         level = self._level
         if error is None:
-            if level <= logging.INFO:
+            if level <= _INFO:
                 self._log.info(
                     LOG_EVENTS["completed"], **fields, status="completed", duration_s=elapsed
                 )
         elif isinstance(error, TaskTimeoutError):
-            if level <= logging.WARNING:
+            if level <= _WARNING:
                 self._log.warning(
                     LOG_EVENTS["timeout"], **fields, status="timeout", duration_s=elapsed,
                     timeout_s=error.timeout,
                 )  # fmt: skip
         elif isinstance(error, asyncio.CancelledError):
-            if level <= logging.INFO:
+            if level <= _INFO:
                 self._log.info(
                     LOG_EVENTS["cancelled"], **fields, status="cancelled", was_running=True,
                     duration_s=elapsed,
                 )  # fmt: skip
-        elif isinstance(error, Exception) and level <= logging.ERROR:
+        elif isinstance(error, Exception) and level <= _ERROR:
             self._log.error(
                 LOG_EVENTS["failed"], **fields, status="failed", duration_s=elapsed,
                 error_type=error_type(error), error=str(error), exc_info=error,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from observable_tasks.middleware import CallNext, ErrorReporter, TaskObserver
@@ -58,14 +58,26 @@ class TelemetryPart(TaskObserver):
 
 
 class TelemetryPipeline(TaskObserver):
-    """The middleware and observer :func:`~observable_tasks.telemetry.instrument` installs."""
+    """The middleware and observer :func:`~observable_tasks.telemetry.instrument` installs.
+
+    It keeps by itself every guarantee :func:`~observable_tasks.middleware.guard` enforces
+    (``call_next`` called exactly once, its result returned and its exception re-raised
+    unchanged, failures of its own reported, never raised), so it is installed unguarded.
+    """
 
     def __init__(self, parts: Sequence[TelemetryPart], report: ErrorReporter) -> None:
         self.parts = tuple(parts)
         self._report = report
         self._reversed = self.parts[::-1]
         # Observer hooks each part really defines (the inherited no-ops are not called per task).
-        self._hooks = {hook: tuple(p for p in self.parts if _overrides(p, hook)) for hook in _HOOKS}
+        self._hooks: dict[str, tuple[tuple[str, Callable[..., None]], ...]] = {
+            hook: tuple(
+                (f"{type(p).__name__}.{hook}", getattr(p, hook))
+                for p in self.parts
+                if _overrides(p, hook)
+            )
+            for hook in _HOOKS
+        }
 
     async def __call__(self, task: Task, call_next: CallNext) -> Any:
         states: list[Any] = []
@@ -96,11 +108,11 @@ class TelemetryPipeline(TaskObserver):
     # -- observer hooks, forwarded (each failure reported as "<Part>.<hook>") -----------------
 
     def _forward(self, hook: str, *args: Any) -> None:
-        for part in self._hooks[hook]:
+        for component, method in self._hooks[hook]:
             try:
-                getattr(part, hook)(*args)
+                method(*args)
             except Exception as exc:
-                self._report(f"{type(part).__name__}.{hook}", exc)
+                self._report(component, exc)
 
     def on_created(self, task: Task) -> None:
         self._forward("on_created", task)
@@ -115,7 +127,7 @@ class TelemetryPipeline(TaskObserver):
         self._forward("on_evicted", task)
 
     def on_internal_error(self, component: str, error: BaseException) -> None:
-        for part in self._hooks["on_internal_error"]:
+        for _, method in self._hooks["on_internal_error"]:
             # Reporting must not recurse: a failure here is only in the manager's log line.
             with contextlib.suppress(Exception):
-                part.on_internal_error(component, error)
+                method(component, error)

@@ -32,6 +32,30 @@ if TYPE_CHECKING:
 __all__ = ["TaskTracer"]
 
 
+_MAX_FUNCTIONS = 1000  # cached per-function data; more functions than this are just not cached
+
+
+class _Static:
+    """Span names and attributes that are the same for every task of one function."""
+
+    __slots__ = ("process_attributes", "process_name", "send_attributes", "send_name")
+
+    def __init__(self, function: str) -> None:
+        self.send_name = SPAN_SEND.format(function=function)
+        self.process_name = SPAN_PROCESS.format(function=function)
+        common = {ATTR.MESSAGING_SYSTEM: ATTR.SYSTEM_VALUE, ATTR.CODE_FUNCTION: function}
+        self.send_attributes: dict[str, Any] = {
+            **common,
+            ATTR.MESSAGING_OPERATION_TYPE: "send",
+            ATTR.MESSAGING_OPERATION_NAME: "send",
+        }
+        self.process_attributes: dict[str, Any] = {
+            **common,
+            ATTR.MESSAGING_OPERATION_TYPE: "process",
+            ATTR.MESSAGING_OPERATION_NAME: "process",
+        }
+
+
 class TaskTracer(TelemetryPart):
     """Tracing part: the send span in ``on_created``, the process span around the execution."""
 
@@ -40,20 +64,25 @@ class TaskTracer(TelemetryPart):
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         # None: the global provider, resolved lazily so a provider installed later still counts.
         self._tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
+        self._static: dict[str, _Static] = {}
+
+    def _for(self, function: str) -> _Static:
+        static = self._static.get(function)
+        if static is None:
+            static = _Static(function)
+            if len(self._static) < _MAX_FUNCTIONS:
+                self._static[function] = static
+        return static
 
     def on_created(self, task: Task) -> None:
-        attributes: dict[str, Any] = {
-            ATTR.MESSAGING_SYSTEM: ATTR.SYSTEM_VALUE,
-            ATTR.MESSAGING_OPERATION_TYPE: "send",
-            ATTR.MESSAGING_OPERATION_NAME: "send",
-            ATTR.MESSAGE_ID: task.id,
-            ATTR.CODE_FUNCTION: task.function,
-            ATTR.TASK_NAME: task.name,
-        }
+        static = self._for(task.function)
+        attributes = static.send_attributes.copy()
+        attributes[ATTR.MESSAGE_ID] = task.id
+        attributes[ATTR.TASK_NAME] = task.name
         if task.timeout is not None:
             attributes[ATTR.TASK_TIMEOUT] = task.timeout
         span = self._tracer.start_span(
-            SPAN_SEND.format(function=task.function), kind=SpanKind.PRODUCER, attributes=attributes
+            static.send_name, kind=SpanKind.PRODUCER, attributes=attributes
         )
         try:
             propagate.inject(task.headers, context=trace.set_span_in_context(span))
@@ -61,26 +90,19 @@ class TaskTracer(TelemetryPart):
             span.end()
 
     def begin(self, task: Task) -> tuple[trace.Span, object]:
+        static = self._for(task.function)
         headers = task.headers
         parent = propagate.extract(headers) if headers else otel_context.Context()
-        attributes: dict[str, Any] = {
-            ATTR.MESSAGING_SYSTEM: ATTR.SYSTEM_VALUE,
-            ATTR.MESSAGING_OPERATION_TYPE: "process",
-            ATTR.MESSAGING_OPERATION_NAME: "process",
-            ATTR.MESSAGE_ID: task.id,
-            ATTR.CODE_FUNCTION: task.function,
-            ATTR.TASK_NAME: task.name,
-        }
+        attributes = static.process_attributes.copy()
+        attributes[ATTR.MESSAGE_ID] = task.id
+        attributes[ATTR.TASK_NAME] = task.name
         if task.timeout is not None:
             attributes[ATTR.TASK_TIMEOUT] = task.timeout
         wait = task.queue_wait
         if wait is not None:
             attributes[ATTR.TASK_QUEUE_WAIT] = wait
         span = self._tracer.start_span(
-            SPAN_PROCESS.format(function=task.function),
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
+            static.process_name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         )
         try:
             # Current while the function runs: the user's own spans nest under it.
