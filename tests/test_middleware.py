@@ -167,6 +167,30 @@ async def test_first_added_is_outermost(make_manager: MakeManager) -> None:
     assert events == ["a>", "b>", "c>", "d>", "task", "<d", "<c", "<b", "<a"]
 
 
+@pytest.mark.parametrize("guarded", [True, False])
+async def test_guarded_false_leaves_failures_to_the_middleware(
+    make_manager: MakeManager, guarded: bool
+) -> None:
+    async def broken(task: Task, call_next: CallNext) -> Any:
+        raise RuntimeError("middleware bug")
+
+    mgr = make_manager()
+    mgr.add_middleware(broken, name="broken", guarded=guarded)
+
+    async def work() -> int:
+        return 1
+
+    task = await mgr.create_task(work)
+    await mgr.wait_for_task(task.id)
+    if guarded:  # reported, and the function still ran
+        assert (task.status, task.result) == (TaskStatus.COMPLETED, 1)
+        assert mgr.internal_errors["broken"] == 1
+    else:  # nothing protects the task from an unguarded middleware: it is its contract
+        assert task.status is TaskStatus.FAILED
+        assert str(task.error) == "middleware bug"
+        assert not mgr.internal_errors
+
+
 def test_add_middleware_rejects_non_callables(manager: TaskManager) -> None:
     with pytest.raises(TypeError, match="callable"):
         manager.add_middleware("not a middleware")  # type: ignore[arg-type]
