@@ -144,7 +144,7 @@ class TaskManager:
         self._tasks: dict[str, Task] = {}  # every known task, in creation order
         self._jobs: dict[str, _Job] = {}  # execution state of tasks not finished yet
         self._pending: collections.deque[_Job] = collections.deque()
-        self._running: dict[str, _Job] = {}
+        self._running = 0  # how many jobs are RUNNING (they are in _jobs, like pending ones)
         self._history: collections.deque[Task] = collections.deque()  # finished, oldest first
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = _State.IDLE
@@ -225,7 +225,7 @@ class TaskManager:
             for job in list(self._pending):
                 self._cancel_pending(job)
             grace = self.config.shutdown_timeout if timeout is None else timeout
-            running = {job.aio: job for job in self._running.values() if job.aio is not None}
+            running = {job.aio: job for job in self._running_jobs() if job.aio is not None}
             if running:
                 _, late = await asyncio.wait(running, timeout=grace)
                 for aio in late:
@@ -238,7 +238,7 @@ class TaskManager:
                     # Cancelled tasks normally unwind at once; one that ignores cancellation is
                     # marked CANCELLED anyway so that shutdown always ends.
                     await asyncio.wait(late, timeout=max(1.0, grace))
-                    for job in list(self._running.values()):
+                    for job in self._running_jobs():
                         if job.aio in late or not job.entered:
                             self._finish(job, forced=True)
             if self._background:
@@ -318,7 +318,7 @@ class TaskManager:
         if self._observers:
             self._notify("on_created", task)
         if in_loop:
-            if len(self._running) < self.config.max_concurrent_tasks and self._accepting:
+            if self._running < self.config.max_concurrent_tasks and self._accepting:
                 self._start(job)  # the common case of _admit, inlined: this is the hot path
             else:
                 self._admit(job)
@@ -344,7 +344,7 @@ class TaskManager:
     @property
     def running_count(self) -> int:
         """Tasks executing now."""
-        return len(self._running)
+        return self._running
 
     @property
     def pending_count(self) -> int:
@@ -353,7 +353,7 @@ class TaskManager:
 
     def running_tasks(self) -> list[Task]:
         """Tasks executing now."""
-        return [job.task for job in list(self._running.values())]
+        return [job.task for job in self._running_jobs()]
 
     def pending_tasks(self) -> list[Task]:
         """Tasks waiting for a slot, first in line first."""
@@ -369,8 +369,11 @@ class TaskManager:
         pass first (the task itself is not affected).
         """
         job = self._jobs.get(task_id)
-        if job is None:
-            return self._finished(task_id)
+        if job is None:  # finished (or unknown): inlined _finished(), the common case when
+            task = self._tasks.get(task_id)  # waiting for a batch one task after another
+            if task is None:
+                raise TaskNotFoundError(task_id)
+            return task
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if job.waiters is None:
             job.waiters = []
@@ -483,6 +486,11 @@ class TaskManager:
             )
         return False
 
+    def _running_jobs(self) -> list[_Job]:
+        # A snapshot (list() of a dict is atomic): scrapes may call this from other threads.
+        running = TaskStatus.RUNNING
+        return [job for job in list(self._jobs.values()) if job.task.status is running]
+
     def _jobs_active(self) -> bool:
         return bool(self._running or self._pending)
 
@@ -507,7 +515,7 @@ class TaskManager:
             return  # cancelled before it was admitted
         if not self._accepting:
             self._cancel_pending(job)
-        elif len(self._running) < self.config.max_concurrent_tasks:
+        elif self._running < self.config.max_concurrent_tasks:
             self._start(job)
         else:
             self._pending.append(job)
@@ -517,7 +525,7 @@ class TaskManager:
         task = job.task
         task.status = TaskStatus.RUNNING
         task._mono_started = self._clock()
-        self._running[task.id] = job
+        self._running += 1
         loop = self._loop
         assert loop is not None
         # A fresh context: a task must not inherit whatever the creating request (or the task
@@ -569,7 +577,7 @@ class TaskManager:
 
     async def _execute(self, task: Task) -> Any:
         """Innermost link of the middleware chain: run the function under its timeout."""
-        job = self._running[task.id]
+        job = self._jobs[task.id]
         handle = self._arm_timeout(job)
         try:
             result = await self._invoke(job)
@@ -644,14 +652,14 @@ class TaskManager:
             if status is not TaskStatus.CANCELLED:
                 task.error = job.error
             task.status = status
-        del self._running[task.id]
+        self._running -= 1
         self._settle(job)
         if self._pending:
             self._admit_next()
 
     def _admit_next(self) -> None:
         limit = self.config.max_concurrent_tasks
-        while self._pending and len(self._running) < limit and self._accepting:
+        while self._pending and self._running < limit and self._accepting:
             self._start(self._pending.popleft())
 
     def _settle(self, job: _Job) -> None:
@@ -746,6 +754,6 @@ class TaskManager:
 
     def __repr__(self) -> str:
         return (
-            f"<TaskManager {self._state.value} running={len(self._running)} "
+            f"<TaskManager {self._state.value} running={self._running} "
             f"pending={len(self._pending)} known={len(self._tasks)}>"
         )
