@@ -25,6 +25,7 @@ from observable_tasks.current import current_var, remember_manager
 from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError, TaskTimeoutError
 from observable_tasks.invocation import CallShape, Invocation, check_call
 from observable_tasks.middleware import (
+    OBSERVER_HOOKS,
     TaskMiddleware,
     TaskObserver,
     build_chain,
@@ -141,6 +142,10 @@ class TaskManager:
         self._middleware: list[tuple[str, TaskMiddleware]] = []
         self._chain: Callable[[Task], Awaitable[Any]] | None = None
         self._observers: list[TaskObserver] = []
+        # Per hook, (component name, bound method) of the observers that want it.
+        self._listeners: dict[str, list[tuple[str, Callable[..., Any]]]] = {
+            hook: [] for hook in OBSERVER_HOOKS
+        }
         self._tasks: dict[str, Task] = {}  # every known task, in creation order
         self._jobs: dict[str, _Job] = {}  # execution state of tasks not finished yet
         self._pending: collections.deque[_Job] = collections.deque()
@@ -182,6 +187,13 @@ class TaskManager:
     def add_observer(self, observer: TaskObserver) -> None:
         """Add a lifecycle observer (created, cancelled while pending, progress, evicted)."""
         self._observers.append(observer)
+        for hook in OBSERVER_HOOKS:
+            method = getattr(observer, hook, None)  # observers need not define every hook
+            if method is None:
+                continue
+            if isinstance(observer, TaskObserver) and not observer.observes(hook):
+                continue
+            self._listeners[hook].append((f"{type(observer).__name__}.{hook}", method))
 
     @property
     def middleware_names(self) -> list[str]:
@@ -315,7 +327,7 @@ class TaskManager:
         task_id = task.id
         self._tasks[task_id] = task
         self._jobs[task_id] = job
-        if self._observers:
+        if self._listeners["on_created"]:
             self._notify("on_created", task)
         if in_loop:
             if self._running < self.config.max_concurrent_tasks and self._accepting:
@@ -687,7 +699,7 @@ class TaskManager:
         history.append(task)
         while len(history) > limit:
             old = history.popleft()  # _forget(), inlined: once per task with a full history
-            if self._tasks.pop(old.id, None) is not None and self._observers:
+            if self._tasks.pop(old.id, None) is not None and self._listeners["on_evicted"]:
                 self._notify("on_evicted", old)
         # TTL on completion too; checked inline here as this runs for every task.
         if (history[0]._mono_finished or 0.0) <= (
@@ -697,7 +709,7 @@ class TaskManager:
 
     def _forget(self, task: Task) -> None:
         known = self._tasks.pop(task.id, None)
-        if known is not None and self._observers:
+        if known is not None and self._listeners["on_evicted"]:
             self._notify("on_evicted", task)
 
     # -- internals: failsafe hooks ------------------------------------------------------------
@@ -710,13 +722,11 @@ class TaskManager:
         return task
 
     def _notify(self, hook: str, task: Task, *args: Any) -> None:
-        for observer in self._observers:
+        for component, method in self._listeners[hook]:
             try:
-                method = getattr(observer, hook, None)
-                if method is not None:  # observers need not define every hook
-                    method(task, *args)
+                method(task, *args)
             except Exception as exc:
-                self.report_internal_error(f"{type(observer).__name__}.{hook}", exc)
+                self.report_internal_error(component, exc)
 
     def _run_callback(self, callback: TaskCallback, task: Task) -> None:
         try:
@@ -738,12 +748,10 @@ class TaskManager:
     def report_internal_error(self, component: str, exc: BaseException) -> None:
         """A failure in telemetry or user hooks: count it and log it, never fail the task."""
         self.internal_errors[component] += 1
-        for observer in self._observers:
-            hook = getattr(observer, "on_internal_error", None)
+        for _, hook in self._listeners["on_internal_error"]:
             # Reporting must not recurse: an error in this hook is only in the log line below.
             with contextlib.suppress(Exception):
-                if hook is not None:
-                    hook(component, exc)
+                hook(component, exc)
         logger.warning(
             "observable_tasks: %s raised %s: %s (the task is not affected)",
             component,

@@ -26,6 +26,7 @@ __all__ = [
     "CallNext",
     "TaskMiddleware",
     "TaskObserver",
+    "OBSERVER_HOOKS",
     "ErrorReporter",
     "outcome_status",
     "guard",
@@ -65,6 +66,24 @@ class TaskObserver:
 
     def on_internal_error(self, component: str, error: BaseException) -> None:
         """A middleware, observer or callback raised; the task was not affected."""
+
+    def observes(self, hook: str) -> bool:
+        """Whether ``hook`` does anything here: asked once, when the observer is added.
+
+        By default, the hooks a subclass overrides. The manager never calls the others, so an
+        observer costs nothing on events it ignores.
+        """
+        return getattr(type(self), hook, None) is not getattr(TaskObserver, hook, None)
+
+
+OBSERVER_HOOKS = (
+    "on_created",
+    "on_cancelled_pending",
+    "on_progress",
+    "on_evicted",
+    "on_internal_error",
+)
+"""The hook names of :class:`TaskObserver`."""
 
 
 def outcome_status(error: BaseException | None) -> TaskStatus:

@@ -19,6 +19,7 @@ from observable_tasks import (
     TaskTimeoutError,
     outcome_status,
 )
+from observable_tasks.middleware import OBSERVER_HOOKS
 
 MakeManager = Callable[..., TaskManager]
 
@@ -397,6 +398,38 @@ async def test_observer_added_later_and_partial_observers(manager: TaskManager) 
     assert only.seen == [task.id]
     assert task.status is TaskStatus.COMPLETED
     assert sum(manager.internal_errors.values()) == 0
+
+
+async def test_observers_are_asked_once_which_hooks_they_want(make_manager: MakeManager) -> None:
+    asked: list[str] = []
+    heard: list[str] = []
+
+    class Picky(TaskObserver):
+        def observes(self, hook: str) -> bool:
+            asked.append(hook)
+            return hook == "on_evicted"
+
+        def on_created(self, task: Task) -> None:  # overridden, but not wanted
+            heard.append("created")
+
+        def on_evicted(self, task: Task) -> None:
+            heard.append("evicted")
+
+    now = [0.0]
+    manager = make_manager(task_result_ttl=10.0, clock=lambda: now[0])
+    manager.add_observer(Picky())
+    assert sorted(asked) == sorted(OBSERVER_HOOKS)
+
+    async def work() -> None:
+        pass
+
+    task = await manager.create_task(work)
+    await manager.wait_for_task(task.id)
+    now[0] = 60.0  # past the TTL
+    assert manager.cleanup() == 1
+    assert heard == ["evicted"]
+    assert len(asked) == len(OBSERVER_HOOKS)  # not asked again per task
+    assert TaskObserver().observes("on_created") is False  # the base class's hooks are no-ops
 
 
 async def test_raising_observer_is_counted_and_harmless(make_manager: MakeManager) -> None:

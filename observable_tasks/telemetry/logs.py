@@ -67,8 +67,14 @@ class TaskLogger(TelemetryPart):
     @staticmethod
     def _fields_outside(task: Task) -> dict[str, Any]:
         """Fields for events outside execution: the trace is that of the task's "send" span."""
-        fields = TaskLogger._fields(task)
-        ids = trace_ids_from_headers(task.headers)
+        fields = {
+            _F.TASK_ID: task.id,
+            _F.TASK_NAME: task.name,
+            _F.FUNCTION: task.function,
+            _F.STATUS: task.status._value_,
+        }
+        headers = task._headers  # not .headers: that would create a dict for nothing
+        ids = trace_ids_from_headers(headers) if headers else None
         if ids is not None:
             fields[_F.TRACE_ID], fields[_F.SPAN_ID] = ids
         return fields
@@ -79,7 +85,13 @@ class TaskLogger(TelemetryPart):
                 LOG_EVENTS["created"], **self._fields_outside(task), timeout_s=task.timeout
             )
 
+    def observes(self, hook: str) -> bool:
+        if hook == "on_evicted":
+            return self._level <= _DEBUG  # its only use is a DEBUG line
+        return super().observes(hook)
+
     def on_cancelled_pending(self, task: Task) -> None:
+        self._last_progress.pop(task.id, None)  # a pending task may have reported progress
         if self._level <= _INFO:
             self._log.info(LOG_EVENTS["cancelled"], **self._fields_outside(task), was_running=False)
 

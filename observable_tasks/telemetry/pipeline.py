@@ -16,19 +16,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from observable_tasks.middleware import CallNext, ErrorReporter, TaskObserver
+from observable_tasks.middleware import OBSERVER_HOOKS, CallNext, ErrorReporter, TaskObserver
 
 if TYPE_CHECKING:
     from observable_tasks.task import Task
 
 __all__ = ["TelemetryPart", "TelemetryPipeline"]
 
-_HOOKS = ("on_created", "on_cancelled_pending", "on_progress", "on_evicted", "on_internal_error")
 _SKIPPED = object()  # the state of a part whose begin() raised: its end() is not called
-
-
-def _overrides(part: TaskObserver, hook: str) -> bool:
-    return getattr(type(part), hook) is not getattr(TaskObserver, hook)
 
 
 class TelemetryPart(TaskObserver):
@@ -74,10 +69,13 @@ class TelemetryPipeline(TaskObserver):
             hook: tuple(
                 (f"{type(p).__name__}.{hook}", getattr(p, hook))
                 for p in self.parts
-                if _overrides(p, hook)
+                if p.observes(hook)
             )
-            for hook in _HOOKS
+            for hook in OBSERVER_HOOKS
         }
+
+    def observes(self, hook: str) -> bool:
+        return bool(self._hooks[hook])  # the manager skips hooks no part wants
 
     async def __call__(self, task: Task, call_next: CallNext) -> Any:
         states: list[Any] = []
