@@ -26,7 +26,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bench.sinks import NullStream, make_json_logger, make_tracer_provider
+from bench.sinks import NOOP_LEVEL, NullStream, make_json_logger, make_tracer_provider
 from bench.workload import work
 
 __all__ = ["SdkFloor", "calibrate", "DEFAULT_COUNTS"]
@@ -103,13 +103,17 @@ async def calibrate(
 class SdkFloor:
     """One task's worth of telemetry calls, ``one(i)``, with its own provider, registry, logger."""
 
-    def __init__(self, counts: dict[str, float], processors: list[Any] | None) -> None:
+    def __init__(
+        self, counts: dict[str, float], processors: list[Any] | None, noop: bool = False
+    ) -> None:
         self.counts = {k: round(v) for k, v in counts.items()}
         self.measured = dict(counts)
+        self.noop = noop  # the same loop with a no-op tracer and logger (see Telemetry)
         self.tracer_provider, self.spans = make_tracer_provider()
-        self.tracer = self.tracer_provider.get_tracer("observable_tasks")
+        provider: Any = trace.NoOpTracerProvider() if noop else self.tracer_provider
+        self.tracer = provider.get_tracer("observable_tasks")
         self.stream = NullStream()
-        self.logger = make_json_logger(self.stream, processors)
+        self.logger = make_json_logger(self.stream, processors, level=NOOP_LEVEL if noop else 20)
         reg = CollectorRegistry()
         fn = f"{work.__module__}.{work.__qualname__}"
         self.function = fn
@@ -165,7 +169,8 @@ class SdkFloor:
         send.end()
         lines = self._log_lines
         if lines:
-            _, trace_id, span_id, _ = headers["traceparent"].split("-")
+            traceparent = headers.get("traceparent")  # none with the no-op tracer
+            _, trace_id, span_id, _ = (traceparent or "---").split("-")
             log.info(
                 "task.created", task_id=task_id, task_name="work", task_function=fn,
                 status="pending", trace_id=trace_id, span_id=span_id, timeout_s=None,

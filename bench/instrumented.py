@@ -11,7 +11,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bench.sinks import NullStream, make_json_logger, make_tracer_provider
+from bench.sinks import (
+    NOOP_LEVEL,
+    NullSpanExporter,
+    NullStream,
+    make_json_logger,
+    make_tracer_provider,
+)
 
 __all__ = ["Telemetry", "instrumentation_available"]
 
@@ -49,14 +55,27 @@ def production_log_processors() -> list[Any] | None:
 
 
 class Telemetry:
-    """Tracer provider (BatchSpanProcessor -> null exporter), registry, JSON logger -> null."""
+    """Tracer provider (BatchSpanProcessor -> null exporter), registry, JSON logger -> null.
 
-    def __init__(self) -> None:
-        self.tracer_provider, self.spans = make_tracer_provider()
+    ``noop=True``: OpenTelemetry's no-op tracer provider and a logger that drops every call
+    before any processing (metrics stay real). What is left of the instrumented cost is the
+    library's own code around the SDK calls, which is how the report separates the two.
+    """
+
+    def __init__(self, noop: bool = False) -> None:
+        self.noop = noop
+        self.tracer_provider: Any
+        if noop:
+            from opentelemetry.trace import NoOpTracerProvider
+
+            self.tracer_provider, self.spans = NoOpTracerProvider(), NullSpanExporter()
+        else:
+            self.tracer_provider, self.spans = make_tracer_provider()
         self.registry = CollectorRegistry()
         self.stream = NullStream()
         self.processors = production_log_processors()
-        self.logger = make_json_logger(self.stream, self.processors)
+        level = NOOP_LEVEL if noop else 20
+        self.logger = make_json_logger(self.stream, self.processors, level=level)
         self.managers = 0
 
     def instrument(self, manager: Any) -> Any:
@@ -71,11 +90,13 @@ class Telemetry:
         )
 
     def flush(self) -> None:
-        self.tracer_provider.force_flush()
+        if not self.noop:
+            self.tracer_provider.force_flush()
 
     def info(self) -> dict[str, Any]:
         self.flush()
         return {"spans_exported": self.spans.exported, "log_lines": self.stream.writes}
 
     def shutdown(self) -> None:
-        self.tracer_provider.shutdown()
+        if not self.noop:
+            self.tracer_provider.shutdown()

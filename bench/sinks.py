@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 __all__ = [
+    "NOOP_LEVEL",
     "NullSpanExporter",
     "NullMetricExporter",
     "NullStream",
@@ -31,6 +32,9 @@ __all__ = [
     "make_meter_provider",
     "make_json_logger",
 ]
+
+
+NOOP_LEVEL = 50  # CRITICAL: every method the library calls (debug to error) becomes a no-op
 
 
 class NullSpanExporter(SpanExporter):
@@ -104,12 +108,13 @@ def make_meter_provider() -> tuple[MeterProvider, NullMetricExporter]:
 
 
 def make_json_logger(
-    stream: NullStream, processors: Sequence[Any] | None = None
+    stream: NullStream, processors: Sequence[Any] | None = None, level: int = 20
 ) -> structlog.typing.FilteringBoundLogger:
     """A structlog logger rendering JSON lines (with level and ISO timestamp) into ``stream``.
 
     ``processors`` replaces the default chain (the library's own production chain, when it
     offers one, so that the benchmark renders exactly what production would).
+    ``NOOP_LEVEL`` makes every call below CRITICAL a no-op (the "no-op SDK" variants).
     """
     chain = (
         list(processors)
@@ -125,7 +130,7 @@ def make_json_logger(
     logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
         structlog.WriteLogger(stream),  # type: ignore[arg-type]
         processors=chain,
-        wrapper_class=structlog.make_filtering_bound_logger(20),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
     return logger

@@ -190,12 +190,15 @@ class Ours(Variant):
 
     def __init__(self, telemetry: Telemetry | None) -> None:
         self.telemetry = telemetry
-        self.key = "ours-instrumented" if telemetry is not None else "ours-core"
-        self.title = (
-            "observable_tasks, fully instrumented (span + metrics + logs per task)"
-            if telemetry is not None
-            else "observable_tasks TaskManager, core only"
-        )
+        if telemetry is None:
+            self.key, self.title = "ours-core", "observable_tasks TaskManager, core only"
+        elif telemetry.noop:
+            self.key = "ours-noop-sdk"
+            self.title = "observable_tasks instrumented, no-op tracer and logger (own code)"
+            self.per_task = False
+        else:
+            self.key = "ours-instrumented"
+            self.title = "observable_tasks, fully instrumented (span + metrics + logs per task)"
 
     def make_manager(self, n: int, **config: Any) -> Any:
         from observable_tasks import TaskConfig, TaskManager
@@ -241,6 +244,9 @@ class Floor(Variant):
 
     def __init__(self, floor: SdkFloor) -> None:
         self.floor = floor
+        if floor.noop:
+            self.key = "sdk-floor-noop"
+            self.title = "the SDK floor's loop with the no-op tracer and logger"
 
     async def run(self, n: int, wave: int) -> float:
         one = self.floor.one
@@ -265,18 +271,27 @@ VARIANTS = (
     "ours-core",
     "ours-instrumented",
     "sdk-floor",
+    "ours-noop-sdk",
+    "sdk-floor-noop",
 )
 
 
 def make_variants(
-    telemetry_factory: Callable[[], Telemetry | None], floor_factory: Callable[[], SdkFloor | None]
+    telemetry_factory: Callable[[bool], Telemetry | None],
+    floor_factory: Callable[[bool], SdkFloor | None],
 ) -> list[Variant]:
-    """Every variant, in table order (instrumented ones only if the instrumentation exists)."""
+    """Every variant, in table order (instrumented ones only if the instrumentation exists).
+
+    The factories take ``noop``: the no-op pair (``ours-noop-sdk``, ``sdk-floor-noop``) runs the
+    same code with no-op tracing and logging, which separates the library's own code from the
+    cost of the SDK calls it makes.
+    """
     out: list[Variant] = [RawAsyncio(), NexiosContrib(), Taskiq(False), Taskiq(True), Ours(None)]
-    telemetry = telemetry_factory()
-    if telemetry is not None:
-        out.append(Ours(telemetry))
-    floor = floor_factory()
-    if floor is not None:
-        out.append(Floor(floor))
+    for noop in (False, True):
+        telemetry = telemetry_factory(noop)
+        if telemetry is not None:
+            out.append(Ours(telemetry))
+        floor = floor_factory(noop)
+        if floor is not None:
+            out.append(Floor(floor))
     return out

@@ -22,6 +22,8 @@ VARIANTS = (
     "ours-core",
     "ours-instrumented",
     "sdk-floor",
+    "ours-noop-sdk",
+    "sdk-floor-noop",
 )
 
 
@@ -76,3 +78,13 @@ def test_instrumented_runs_emit_their_telemetry(smoke: tuple[dict, str]) -> None
     info = results["throughput"]["ours-instrumented"]["info"]
     assert info["spans_exported"] > 0
     assert info["log_lines"] > 0
+    # The no-op pair really is no-op: nothing exported, nothing rendered.
+    for key in ("ours-noop-sdk", "sdk-floor-noop"):
+        noop = results["throughput"][key]["info"]
+        assert (noop["spans_exported"], noop["log_lines"]) == (0, 0), key
+
+
+def test_the_overhead_is_split_into_own_code_and_sdk_calls(smoke: tuple[dict, str]) -> None:
+    _, report = smoke
+    assert "the library's own code" in report
+    assert "The SDK calls themselves cost" in report
