@@ -150,6 +150,11 @@ class SdkFloor:
         contextvars.Context().run(self._one, i)
 
     def _one(self, i: int) -> None:
+        self.process(*self.send(i))
+
+    def send(self, i: int) -> tuple[str, dict[str, str], int]:
+        """The creation half (send span, W3C inject, task.created); its result goes to
+        :meth:`process`, the execution half."""
         tracer, log, fn = self.tracer, self.logger, self.function
         task_id = f"{i:032x}"
         headers: dict[str, str] = {}
@@ -176,6 +181,11 @@ class SdkFloor:
                 status="pending", trace_id=trace_id, span_id=span_id, timeout_s=None,
             )  # fmt: skip
             lines -= 1
+        return task_id, headers, lines
+
+    def process(self, task_id: str, headers: dict[str, str], lines: int) -> None:
+        """The execution half: process span made current, bindings, metrics, log lines."""
+        tracer, log, fn = self.tracer, self.logger, self.function
         parent = propagate.extract(headers)
         span = tracer.start_span(
             f"process {fn}",

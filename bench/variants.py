@@ -235,6 +235,54 @@ class Ours(Variant):
         return self.telemetry.info() if self.telemetry is not None else {}
 
 
+class FloorInManager(Ours):
+    """Our core manager with the SDK floor's calls as its only telemetry.
+
+    The floor's creation half runs in a bare observer (``on_created``), its execution half in a
+    bare middleware: the same SDK calls as ``sdk-floor``, made where the library makes them,
+    with none of the library's telemetry code. Compared with ``ours-instrumented`` it shows what
+    the library's code costs; compared with ``sdk-floor`` what the place costs.
+    """
+
+    def __init__(self, floor: SdkFloor) -> None:
+        super().__init__(None)
+        self.floor = floor
+        self.key = "sdk-floor-in-manager"
+        self.title = "ours-core + the SDK floor's calls in a bare observer and middleware"
+        self.per_task = False
+
+    def make_manager(self, n: int, **config: Any) -> Any:
+        from observable_tasks import TaskObserver
+
+        manager = super().make_manager(n, **config)
+        floor, sent = self.floor, {}
+        numbers = iter(range(1 << 62))
+
+        class Send(TaskObserver):
+            def on_created(self, task: Any) -> None:
+                sent[task.id] = floor.send(next(numbers))
+
+        async def process(task: Any, call_next: Any) -> Any:
+            floor.process(*sent.pop(task.id))
+            return await call_next()
+
+        manager.add_observer(Send())
+        manager.add_middleware(process, name="floor", guarded=False)  # as the pipeline is
+        return manager
+
+    async def run(self, n: int, wave: int) -> float:
+        elapsed = await super().run(n, wave)
+        start = time.perf_counter()
+        self.floor.tracer_provider.force_flush()  # timed, as for the instrumented variants
+        return elapsed + time.perf_counter() - start
+
+    def settle(self) -> None:
+        self.floor.tracer_provider.force_flush()
+
+    def info(self) -> dict[str, Any]:
+        return self.floor.info()
+
+
 class Floor(Variant):
     """The OTel + prometheus_client + structlog calls ours makes per task, and nothing else."""
 
@@ -271,6 +319,7 @@ VARIANTS = (
     "ours-core",
     "ours-instrumented",
     "sdk-floor",
+    "sdk-floor-in-manager",
     "ours-noop-sdk",
     "sdk-floor-noop",
 )
@@ -294,4 +343,7 @@ def make_variants(
         floor = floor_factory(noop)
         if floor is not None:
             out.append(Floor(floor))
+        in_manager = floor_factory(noop) if not noop else None
+        if in_manager is not None:
+            out.append(FloorInManager(in_manager))
     return out

@@ -22,6 +22,7 @@ VARIANTS = (
     "ours-core",
     "ours-instrumented",
     "sdk-floor",
+    "sdk-floor-in-manager",
     "ours-noop-sdk",
     "sdk-floor-noop",
 )
@@ -63,9 +64,9 @@ def test_every_section_and_target_is_reported(smoke: tuple[dict, str]) -> None:
     }  # fmt: skip
     assert results["scrape"]["task_labels"] == results["scrape"]["functions"]
     verdicts = [t["verdict"] for t in results["targets"]]
-    assert len(verdicts) == 7
+    assert len(verdicts) == 8
     assert set(verdicts) <= {"PASS", "MISS"}
-    assert report.count("PASS") + report.count("MISS") >= 7
+    assert report.count("PASS") + report.count("MISS") >= 8
 
 
 def test_instrumented_runs_emit_their_telemetry(smoke: tuple[dict, str]) -> None:
@@ -88,3 +89,4 @@ def test_the_overhead_is_split_into_own_code_and_sdk_calls(smoke: tuple[dict, st
     _, report = smoke
     assert "the library's own code" in report
     assert "The SDK calls themselves cost" in report
+    assert "from a bare observer and middleware in the same manager" in report
