@@ -408,6 +408,12 @@ def render(results: dict[str, Any]) -> str:
                     f"{placed / floor:.2f} x the loop floor; the library's telemetry costs "
                     f"{diff / placed:.2f} x that."
                 )
+            if {"sdk-floor-in-asyncio", "raw-asyncio"} <= thr.keys():
+                plain = thr["sdk-floor-in-asyncio"]["median_us"] - thr["raw-asyncio"]["median_us"]
+                out.append(
+                    f"The same calls in plain asyncio tasks (`sdk-floor-in-asyncio` - raw): "
+                    f"{plain:.2f} µs/task = {plain / floor:.2f} x the loop floor."
+                )
             bound = thr["ours-core"]["median_us"] + floor
             peers = [k for k in ("nexios-contrib", "taskiq-otel-prom") if k in thr]
             out.append(

@@ -14,6 +14,7 @@ all variants use the same waves so the comparison stays like for like.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 from collections.abc import Callable
@@ -283,6 +284,46 @@ class FloorInManager(Ours):
         return self.floor.info()
 
 
+class FloorInAsyncio(Variant):
+    """Raw asyncio tasks making the SDK floor's calls: the creation half before each wave's
+    ``create_task`` (in the caller, as ours makes it), the execution half in the task (in a fresh
+    context, as ours runs it). Minus ``raw-asyncio``: what the calls cost in plain asyncio tasks."""
+
+    key = "sdk-floor-in-asyncio"
+    title = "raw asyncio tasks + the SDK floor's calls"
+    per_task = False
+
+    def __init__(self, floor: SdkFloor) -> None:
+        self.floor = floor
+
+    async def run(self, n: int, wave: int) -> float:
+        floor = self.floor
+
+        async def task(i: int, sent: tuple[str, dict[str, str], int]) -> int:
+            floor.process(*sent)
+            return await work(i)
+
+        total = 0
+        start = time.perf_counter()
+        for lo in range(0, n, wave):
+            tasks = []
+            for i in range(lo, min(lo + wave, n)):
+                sent = floor.send(i)
+                tasks.append(asyncio.create_task(task(i, sent), context=contextvars.Context()))
+            for r in await asyncio.gather(*tasks):
+                total += r
+        floor.tracer_provider.force_flush()  # timed, as for the instrumented variants
+        elapsed = time.perf_counter() - start
+        _check(self.key, total, n)
+        return elapsed
+
+    def settle(self) -> None:
+        self.floor.tracer_provider.force_flush()
+
+    def info(self) -> dict[str, Any]:
+        return self.floor.info()
+
+
 class Floor(Variant):
     """The OTel + prometheus_client + structlog calls ours makes per task, and nothing else."""
 
@@ -320,6 +361,7 @@ VARIANTS = (
     "ours-instrumented",
     "sdk-floor",
     "sdk-floor-in-manager",
+    "sdk-floor-in-asyncio",
     "ours-noop-sdk",
     "sdk-floor-noop",
 )
@@ -343,7 +385,9 @@ def make_variants(
         floor = floor_factory(noop)
         if floor is not None:
             out.append(Floor(floor))
-        in_manager = floor_factory(noop) if not noop else None
-        if in_manager is not None:
-            out.append(FloorInManager(in_manager))
+        if not noop:
+            for place in (FloorInManager, FloorInAsyncio):
+                placed = floor_factory(noop)
+                if placed is not None:
+                    out.append(place(placed))
     return out

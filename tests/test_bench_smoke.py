@@ -23,6 +23,7 @@ VARIANTS = (
     "ours-instrumented",
     "sdk-floor",
     "sdk-floor-in-manager",
+    "sdk-floor-in-asyncio",
     "ours-noop-sdk",
     "sdk-floor-noop",
 )
@@ -90,3 +91,4 @@ def test_the_overhead_is_split_into_own_code_and_sdk_calls(smoke: tuple[dict, st
     assert "the library's own code" in report
     assert "The SDK calls themselves cost" in report
     assert "from a bare observer and middleware in the same manager" in report
+    assert "The same calls in plain asyncio tasks" in report
