@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 import os
 import random
 import tempfile
@@ -162,6 +163,11 @@ def create_app(
 
     app.add_exception_handler(TaskError, handle_task_error)
 
+    async def handle_bad_body(request: Request, response: Response, exc: Exception) -> Any:
+        return response.json({"error": str(exc)}, status_code=400)
+
+    app.add_exception_handler(BadBody, handle_bad_body)
+
     @app.post("/validate")
     async def start_validation(request: Request, response: Response) -> Any:
         data = await _json_object(request)
@@ -238,8 +244,12 @@ def create_app(
         outcome = body.get("outcome", "complete")
         if outcome not in {"complete", "fail", "task_error", "timeout", "slow"}:
             return response.json({"error": f"unknown outcome {outcome!r}"}, status_code=400)
-        seconds = float(body.get("seconds", random.uniform(0.05, 0.5)))
-        timeout = float(body["timeout"]) if "timeout" in body else None
+        seconds = _seconds(body, "seconds")
+        if seconds is None:
+            seconds = random.uniform(0.05, 0.5)
+        timeout = _seconds(body, "timeout")
+        if timeout == 0:
+            raise BadBody("timeout must be more than 0 seconds")
         if outcome == "timeout":
             timeout = timeout or seconds / 2
         task = await create_task(
@@ -383,9 +393,34 @@ async def simulated_work(outcome: str, seconds: float, task_id: str) -> dict[str
     return {"outcome": outcome, "seconds": seconds}
 
 
+class BadBody(ValueError):
+    """A request body the demo cannot use: answered 400 with the message (never a 500)."""
+
+
 async def _json_object(request: Request) -> dict[str, Any]:
-    body = await request.json
-    return body if isinstance(body, dict) else {}
+    """The body as a JSON object; an empty body is ``{}``."""
+    raw = await request.body
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadBody("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadBody("the request body must be a JSON object")
+    return body
+
+
+def _seconds(body: dict[str, Any], key: str) -> float | None:
+    """``body[key]`` as a finite number of seconds >= 0 (``None`` when absent)."""
+    if key not in body:
+        return None
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadBody(f"{key} must be a number of seconds, got {value!r}")
+    if value < 0:
+        raise BadBody(f"{key} must not be negative, got {value!r}")
+    return float(value)
 
 
 def _sample_dir() -> str:

@@ -157,6 +157,34 @@ def test_simulate_rejects_unknown_outcomes(client: httpx.Client) -> None:
     assert "explode" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"seconds": "soon"}', "seconds must be a number"),
+        (b'{"seconds": -1}', "must not be negative"),
+        (b'{"timeout": 0}', "timeout must be more than 0"),
+    ],
+)
+def test_bad_bodies_get_a_400_that_says_why(
+    client: httpx.Client, content: bytes, message: str
+) -> None:
+    before = {t["id"] for t in client.get("/tasks").json()}
+    response = client.post(
+        "/simulate", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    assert {t["id"] for t in client.get("/tasks").json()} == before  # nothing was created
+
+
+def test_an_empty_body_means_the_defaults(client: httpx.Client) -> None:
+    response = client.post("/simulate")  # no body at all
+    assert response.status_code == 200
+    assert poll_task(client, response.json()["task_id"])["status"] == "completed"
+
+
 # -- Custom errors -------------------------------------------------------------------------------
 
 
