@@ -168,6 +168,13 @@ def create_app(
 
     app.add_exception_handler(BadBody, handle_bad_body)
 
+    async def handle_bad_json(request: Request, response: Response, exc: Exception) -> Any:
+        # The page's handlers read ``await request.json`` as written: a malformed body is the
+        # client's error, answered here rather than as a 500.
+        return response.json({"error": "the request body is not valid JSON"}, status_code=400)
+
+    app.add_exception_handler(json.JSONDecodeError, handle_bad_json)
+
     @app.post("/validate")
     async def start_validation(request: Request, response: Response) -> Any:
         data = await _json_object(request)

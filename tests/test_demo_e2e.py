@@ -179,6 +179,16 @@ def test_bad_bodies_get_a_400_that_says_why(
     assert {t["id"] for t in client.get("/tasks").json()} == before  # nothing was created
 
 
+@pytest.mark.parametrize("path", ["/process", "/process-di", "/process-with-deps"])
+@pytest.mark.parametrize("content", [b"", b"{bad"])
+def test_the_page_handlers_answer_400_to_a_body_that_is_not_json(
+    client: httpx.Client, path: str, content: bytes
+) -> None:
+    response = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "the request body is not valid JSON"}
+
+
 def test_an_empty_body_means_the_defaults(client: httpx.Client) -> None:
     response = client.post("/simulate")  # no body at all
     assert response.status_code == 200
