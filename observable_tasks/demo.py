@@ -410,12 +410,22 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_float=_finite_float)
+    except BadBody:
+        raise
     except ValueError:
         raise BadBody("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadBody("the request body must be a JSON object")
     return body
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses as inf, which no JSON response can carry back: refuse it at the door.
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadBody(f"numbers must be finite, got {text}")
+    return value
 
 
 def _seconds(body: dict[str, Any], key: str) -> float | None:

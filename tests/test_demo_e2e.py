@@ -165,6 +165,7 @@ def test_simulate_rejects_unknown_outcomes(client: httpx.Client) -> None:
         (b'{"seconds": "soon"}', "seconds must be a number"),
         (b'{"seconds": -1}', "must not be negative"),
         (b'{"timeout": 0}', "timeout must be more than 0"),
+        (b'{"seconds": 1e400}', "numbers must be finite"),
     ],
 )
 def test_bad_bodies_get_a_400_that_says_why(
