@@ -141,7 +141,6 @@ class TaskManager:
         self._clock = clock
         self._middleware: list[tuple[str, TaskMiddleware]] = []
         self._chain: Callable[[Task], Awaitable[Any]] | None = None
-        self._observers: list[TaskObserver] = []
         # Per hook, (component name, bound method) of the observers that want it.
         self._listeners: dict[str, list[tuple[str, Callable[..., Any]]]] = {
             hook: [] for hook in OBSERVER_HOOKS
@@ -186,7 +185,6 @@ class TaskManager:
 
     def add_observer(self, observer: TaskObserver) -> None:
         """Add a lifecycle observer (created, cancelled while pending, progress, evicted)."""
-        self._observers.append(observer)
         for hook in OBSERVER_HOOKS:
             method = getattr(observer, hook, None)  # observers need not define every hook
             if method is None:

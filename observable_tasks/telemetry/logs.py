@@ -67,12 +67,7 @@ class TaskLogger(TelemetryPart):
     @staticmethod
     def _fields_outside(task: Task) -> dict[str, Any]:
         """Fields for events outside execution: the trace is that of the task's "send" span."""
-        fields = {
-            _F.TASK_ID: task.id,
-            _F.TASK_NAME: task.name,
-            _F.FUNCTION: task.function,
-            _F.STATUS: task.status._value_,
-        }
+        fields = TaskLogger._fields(task)
         headers = task._headers  # not .headers: that would create a dict for nothing
         ids = trace_ids_from_headers(headers) if headers else None
         if ids is not None:
