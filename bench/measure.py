@@ -242,7 +242,7 @@ async def scrape_time(
     running = [await manager.create_task(fn, "sleep") for fn in fns]
     pending = [await manager.create_task(fn, "sleep") for fn in fns]
     await asyncio.sleep(0)
-    statuses = sorted({t.status.value for t in manager.list_tasks()})
+    statuses = sorted({t.status.value.lower() for t in manager.list_tasks()})
     times: list[float] = []
     body = b""
     for _ in range(scrapes):

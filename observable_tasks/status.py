@@ -8,19 +8,25 @@ __all__ = ["TaskStatus", "InvalidTransition", "check_transition"]
 
 
 class TaskStatus(str, enum.Enum):
-    """Where a task is in its life. Values are lowercase strings (JSON- and label-friendly)."""
+    """Where a task is in its life.
 
-    PENDING = "pending"
+    Values are the upper-case names, as nexios-contrib ships them (``TaskStatus.COMPLETED ==
+    "COMPLETED"``), so clients comparing ``task.status.value`` keep working. Looking a status up
+    by value ignores case (``TaskStatus("completed")``). Telemetry uses lower-case label values
+    (Prometheus convention) through ``observable_tasks.telemetry.names.STATUS_LABELS``.
+    """
+
+    PENDING = "PENDING"
     """Created, waiting for a concurrency slot."""
-    RUNNING = "running"
+    RUNNING = "RUNNING"
     """Executing now."""
-    COMPLETED = "completed"
+    COMPLETED = "COMPLETED"
     """The function returned; ``task.result`` holds its return value."""
-    FAILED = "failed"
+    FAILED = "FAILED"
     """The function raised; ``task.error`` holds the exception."""
-    CANCELLED = "cancelled"
+    CANCELLED = "CANCELLED"
     """Cancelled by ``cancel_task`` or by shutdown, before or during execution."""
-    TIMEOUT = "timeout"
+    TIMEOUT = "TIMEOUT"
     """Execution took longer than the task's timeout."""
 
     @property
@@ -30,6 +36,13 @@ class TaskStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> TaskStatus | None:
+        # "completed" (this library's values before 0.2, and metric labels) finds COMPLETED.
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
 
 
 _TERMINAL = frozenset(

@@ -22,7 +22,7 @@ import uvicorn
 
 T = TypeVar("T")
 
-FINAL = {"completed", "failed", "cancelled", "timeout"}
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 
 
 def free_port() -> int:

@@ -192,7 +192,8 @@ class DemoProcess:
         wanted = set(ids) if ids is not None else None
         for task in self.tasks():
             if wanted is None or task["id"] in wanted:
-                counts[task["status"]] = counts.get(task["status"], 0) + 1
+                key = task["status"].lower()  # compared with metric label values
+                counts[key] = counts.get(key, 0) + 1
         return counts
 
     def metrics_text(self) -> str:

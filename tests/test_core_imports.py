@@ -90,7 +90,7 @@ def test_core_imports_and_runs_a_task_without_telemetry_libraries() -> None:
         print("leaked:", leaked)
         """
     )
-    assert "completed 42" in out
+    assert "COMPLETED 42" in out
     assert "leaked: []" in out
 
 

@@ -63,7 +63,7 @@ def test_process_endpoints_run_a_task_to_completion(
     final = poll_task(client, task_id)
     assert final == {
         "task_id": task_id,
-        "status": "completed",
+        "status": "COMPLETED",
         "result": {"status": "completed", "data": {"user": 7}, **extra},
         "error": None,
     }
@@ -87,16 +87,16 @@ def test_list_tasks_with_status_filter(client: httpx.Client) -> None:
     try:
         listing = client.get("/tasks").json()
         by_id = {t["id"]: t for t in listing}
-        assert by_id[done]["status"] == "completed"
+        assert by_id[done]["status"] == "COMPLETED"
         assert by_id[done]["name"] == "data_processing"
         assert by_id[done]["completed_at"] is not None
-        assert by_id[running]["status"] in ("pending", "running")
+        assert by_id[running]["status"] in ("PENDING", "RUNNING")
         assert by_id[running]["completed_at"] is None
 
-        completed = client.get("/tasks", params={"status": "completed"}).json()
+        completed = client.get("/tasks", params={"status": "COMPLETED"}).json()
         assert done in {t["id"] for t in completed}
         assert running not in {t["id"] for t in completed}
-        assert {t["status"] for t in completed} == {"completed"}
+        assert {t["status"] for t in completed} == {"COMPLETED"}
         assert client.get("/tasks", params={"status": "bogus"}).status_code == 400
     finally:
         client.post(f"/tasks/{running}/cancel")
@@ -105,11 +105,11 @@ def test_list_tasks_with_status_filter(client: httpx.Client) -> None:
 def test_cancel_a_running_task(client: httpx.Client) -> None:
     task_id = start(client, "/simulate", {"outcome": "slow", "seconds": 30})
     wait_until(
-        lambda: client.get(f"/status/{task_id}").json()["status"] == "running",
+        lambda: client.get(f"/status/{task_id}").json()["status"] == "RUNNING",
         message="the task to run",
     )
     assert client.post(f"/tasks/{task_id}/cancel").json() == {"success": True, "task_id": task_id}
-    assert client.get(f"/status/{task_id}").json()["status"] == "cancelled"
+    assert client.get(f"/status/{task_id}").json()["status"] == "CANCELLED"
     assert client.post(f"/tasks/{task_id}/cancel").json()["success"] is False
     assert client.post("/tasks/nope/cancel").json() == {"success": False, "task_id": "nope"}
 
@@ -118,21 +118,21 @@ def test_progress_and_result_of_a_simulated_task(client: httpx.Client) -> None:
     task_id = start(client, "/simulate", {"outcome": "complete", "seconds": 0.08})
     poll_task(client, task_id)
     progress = client.get(f"/tasks/{task_id}/progress").json()
-    assert progress == {"task_id": task_id, "progress": 100.0, "status": "completed"}
+    assert progress == {"task_id": task_id, "progress": 100.0, "status": "COMPLETED"}
     result = client.get(f"/task-result/{task_id}")
     assert result.status_code == 200
     assert result.json() == {
         "result": {"outcome": "complete", "seconds": 0.08},
-        "status": "completed",
+        "status": "COMPLETED",
     }
 
 
 @pytest.mark.parametrize(
     ("outcome", "status", "message", "code"),
     [
-        ("fail", "failed", "simulated failure", None),
-        ("task_error", "failed", "simulated task error", "SIMULATED"),
-        ("timeout", "timeout", "task exceeded its timeout of 0.05s", None),
+        ("fail", "FAILED", "simulated failure", None),
+        ("task_error", "FAILED", "simulated task error", "SIMULATED"),
+        ("timeout", "TIMEOUT", "task exceeded its timeout of 0.05s", None),
     ],
 )
 def test_failed_tasks_answer_500_on_task_result(
@@ -193,7 +193,7 @@ def test_the_page_handlers_answer_400_to_a_body_that_is_not_json(
 def test_an_empty_body_means_the_defaults(client: httpx.Client) -> None:
     response = client.post("/simulate")  # no body at all
     assert response.status_code == 200
-    assert poll_task(client, response.json()["task_id"])["status"] == "completed"
+    assert poll_task(client, response.json()["task_id"])["status"] == "COMPLETED"
 
 
 # -- Custom errors -------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_an_empty_body_means_the_defaults(client: httpx.Client) -> None:
 def test_validate_in_a_task_and_in_the_handler(client: httpx.Client) -> None:
     bad = start(client, "/validate", {"valid": False})
     good = start(client, "/validate", {"valid": True})
-    assert poll_task(client, bad)["status"] == "failed"
+    assert poll_task(client, bad)["status"] == "FAILED"
     assert poll_task(client, good)["result"] == {"processed": {"valid": True}}
     failed = client.get(f"/task-result/{bad}")
     assert failed.status_code == 500
@@ -237,7 +237,7 @@ def test_process_file_reports_progress_to_100(client: httpx.Client, data_dir: Pa
     def finished() -> bool:
         body = client.get(f"/tasks/{task_id}/progress").json()
         seen.append(body["progress"])
-        return body["status"] in ("completed", "failed")
+        return body["status"] in ("COMPLETED", "FAILED")
 
     wait_until(finished, message="file processing")
     assert seen == sorted(seen)  # progress never goes back
@@ -245,7 +245,7 @@ def test_process_file_reports_progress_to_100(client: httpx.Client, data_dir: Pa
     result = client.get(f"/task-result/{task_id}").json()["result"]
     assert result["file_size"] == len(content)
     assert result["processed_bytes"] == len(content)
-    assert result["status"] == "completed"
+    assert result["status"] == "COMPLETED"
     listing = {t["id"]: t for t in client.get("/tasks").json()}
     assert listing[task_id]["name"] == "process_file_input.bin"
 
@@ -258,7 +258,7 @@ def test_process_file_errors(client: httpx.Client) -> None:
 
     missing = client.post("/process-file", json={"file_path": "missing.txt"}).json()["task_id"]
     final = poll_task(client, missing)
-    assert final["status"] == "failed"
+    assert final["status"] == "FAILED"
     assert "File not found" in final["error"]
 
 
@@ -274,7 +274,7 @@ def test_send_bulk_emails(client: httpx.Client) -> None:
     assert response.json()["recipient_count"] == 4
     task_id = response.json()["task_id"]
     final = poll_task(client, task_id)
-    assert final["status"] == "completed"
+    assert final["status"] == "COMPLETED"
     assert final["result"] == {
         "total_recipients": 4,
         "sent_count": 3,
@@ -321,7 +321,7 @@ def test_export_data_default_format_is_csv(client: httpx.Client) -> None:
 def test_export_data_unsupported_format_fails_the_task(client: httpx.Client) -> None:
     task_id = start(client, "/export-data", {"format": "xml", "filters": {"limit": 5}})
     final = poll_task(client, task_id)
-    assert final["status"] == "failed"
+    assert final["status"] == "FAILED"
     assert final["error"] == "Unsupported format: xml"
     assert client.get(f"/task-result/{task_id}").status_code == 500
 

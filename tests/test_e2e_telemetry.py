@@ -127,7 +127,7 @@ def test_request_send_process_and_user_span_form_one_trace(
     assert response.status_code == 200, response.text
     task_id = response.json()["task_id"]
     final = poll_task(client, task_id, path=traced_server.url + "/tasks/{task_id}")
-    assert final["status"] == "completed"
+    assert final["status"] == "COMPLETED"
 
     # -- spans: request (SERVER) -> send (PRODUCER) -> process (CONSUMER) -> the user's span
     send, process = _task_spans(receiver, task_id)
@@ -251,7 +251,7 @@ def test_user_task_failure_is_an_error_on_the_process_span(
     response = client.post(traced_server.url + "/tasks", json={"outcome": "fail"})
     task_id = response.json()["task_id"]
     final = poll_task(client, task_id, path=traced_server.url + "/tasks/{task_id}")
-    assert final == {"task_id": task_id, "status": "failed", "error_type": "ValueError"}
+    assert final == {"task_id": task_id, "status": "FAILED", "error_type": "ValueError"}
 
     send, process = _task_spans(receiver, task_id)
     assert process.parent_span_id == send.span_id
@@ -312,7 +312,8 @@ def test_demo_failures_and_timeouts_are_errors(
     before = scrape_metrics(client, metrics_url)
     task_id = _simulate(client, demo_server, **body)
     assert (
-        poll_task(client, task_id, path=demo_server.url + "/status/{task_id}")["status"] == status
+        poll_task(client, task_id, path=demo_server.url + "/status/{task_id}")["status"]
+        == status.upper()
     )
 
     send, process = _task_spans(receiver, task_id)
@@ -362,7 +363,7 @@ def test_demo_cancelled_task_is_not_an_error(
     assert response.json() == {"success": True, "task_id": task_id}
     assert (
         poll_task(client, task_id, path=demo_server.url + "/status/{task_id}")["status"]
-        == "cancelled"
+        == "CANCELLED"
     )
 
     send, process = _task_spans(receiver, task_id)

@@ -331,7 +331,7 @@ async def test_dead_and_raising_exporters_and_broken_hooks_never_stall_or_fail_t
     # Metrics and spans are still right, whatever the exporters did.
     for status, count in outcomes.items():
         total = sum(
-            registry.get_sample_value(FINISHED, {"task": f"{__name__}.{f.__name__}", "status": s})
+            registry.get_sample_value(FINISHED, {"task": f"{__name__}.{f.__name__}", "status": s.value.lower()})
             or 0
             for f, _, s in KINDS
             if s is status
@@ -349,7 +349,7 @@ async def test_dead_and_raising_exporters_and_broken_hooks_never_stall_or_fail_t
         if span is None:
             assert task.status is TaskStatus.CANCELLED
             continue
-        assert (span.attributes or {})[ATTR.TASK_STATUS] == task.status.value
+        assert (span.attributes or {})[ATTR.TASK_STATUS] == task.status.value.lower()
         is_error = task.status in (TaskStatus.FAILED, TaskStatus.TIMEOUT)
         assert (span.status.status_code is StatusCode.ERROR) == is_error
     # The logs middleware ran for every executed task, despite the failures around it.

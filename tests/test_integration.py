@@ -132,7 +132,7 @@ def test_on_startup_style_app_restarts_for_each_client() -> None:
             assert manager.is_accepting
             task_id = client.post(f"/double/{round_}").json()["task_id"]
             body = client.get(f"/wait/{task_id}").json()
-            assert body["status"] == "completed"
+            assert body["status"] == "COMPLETED"
             assert body["result"] == round_ * 2
             assert client.get(f"/wait/{from_startup[-1].id}").json()["result"] == 42
         assert not manager.is_accepting  # shut down with the app
@@ -195,8 +195,8 @@ def test_shutdown_with_the_app_cancels_unfinished_tasks() -> None:
 
     with TestClient(app) as client:
         ids = client.post("/start").json()["ids"]
-        assert [manager.get_task(i).status for i in ids] == ["running", "pending"]  # type: ignore[union-attr]
-    assert [manager.get_task(i).status for i in ids] == ["cancelled", "cancelled"]  # type: ignore[union-attr]
+        assert [manager.get_task(i).status for i in ids] == ["RUNNING", "PENDING"]  # type: ignore[union-attr]
+    assert [manager.get_task(i).status for i in ids] == ["CANCELLED", "CANCELLED"]  # type: ignore[union-attr]
 
 
 def test_setup_tasks_twice_returns_the_same_manager() -> None:
@@ -415,7 +415,7 @@ def test_task_dependency_as_handler_default() -> None:
     assert response.json() == {
         "result": 20,
         "cancelled": True,
-        "victim_status": "cancelled",
+        "victim_status": "CANCELLED",
         "victim_progress": 12.5,
         "unknown": None,
         "cancel_unknown": False,
@@ -597,7 +597,7 @@ def test_every_endpoint_of_the_page() -> None:
         assert status.status_code == 200
         assert status.json() == {
             "task_id": pid,
-            "status": "completed",
+            "status": "COMPLETED",
             "result": {"status": "completed", "data": {"a": 1}},
             "error": None,
         }
@@ -613,7 +613,7 @@ def test_every_endpoint_of_the_page() -> None:
         # progress while running, then the end
         lid = client.post("/long").json()["task_id"]
         progress = client.get(f"/tasks/{lid}/progress").json()
-        assert progress == {"task_id": lid, "progress": 50.0, "status": "running"}
+        assert progress == {"task_id": lid, "progress": 50.0, "status": "RUNNING"}
         client.post(f"/release/{lid}")
         client.get(f"/wait/{lid}")
         assert client.get(f"/tasks/{lid}/progress").json()["progress"] == 100.0
@@ -627,13 +627,13 @@ def test_every_endpoint_of_the_page() -> None:
         assert failed.status_code == 500
         assert failed.json()["error"] == "Task failed"
         assert "cannot process" in failed.json()["message"]
-        assert client.get(f"/status/{fid}").json()["status"] == "failed"
+        assert client.get(f"/status/{fid}").json()["status"] == "FAILED"
         assert client.get("/task-result/nope").status_code == 404
 
         # cancel: a running task, then the same again (already finished), then unknown
         cid = client.post("/long").json()["task_id"]
         assert client.post(f"/tasks/{cid}/cancel").json() == {"success": True, "task_id": cid}
-        assert client.get(f"/status/{cid}").json()["status"] == "cancelled"
+        assert client.get(f"/status/{cid}").json()["status"] == "CANCELLED"
         assert client.post(f"/tasks/{cid}/cancel").json()["success"] is False
         assert client.post("/tasks/nope/cancel").json()["success"] is False
 
@@ -641,11 +641,11 @@ def test_every_endpoint_of_the_page() -> None:
         listing = client.get("/tasks").json()
         assert [t["id"] for t in listing] == [pid, did, lid, fid, cid]
         assert [t["status"] for t in listing] == [
-            "completed",
-            "completed",
-            "completed",
-            "failed",
-            "cancelled",
+            "COMPLETED",
+            "COMPLETED",
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
         ]
         assert all(t["completed_at"] for t in listing)
         assert [t["name"] for t in listing][:2] == ["data_processing", "data_processing_with_deps"]

@@ -115,7 +115,7 @@ async def test_failures_in_telemetry_are_counted_and_never_fail_the_task() -> No
         kit.manager.add_middleware(broken_middleware, name="broken")
         task = await kit.manager.create_task(noop)
         await kit.manager.wait_for_task(task.id)
-        assert task.status.value == "completed"
+        assert task.status.value == "COMPLETED"
         errors = names.TELEMETRY_ERRORS + TOTAL
         assert kit.sample(errors, component="Broken.on_created") == 1
         assert kit.sample(errors, component="broken") == 1

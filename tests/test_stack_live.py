@@ -149,7 +149,7 @@ def _drive(demo: DemoProcess, prom: PrometheusServer, w: Workload) -> None:
         "the saturation and backlog alerts",
     )
     _two_more_scrapes(prom)  # so that every 1 s query step sees the peak
-    statuses = {t["id"]: t["status"] for t in demo.tasks()}
+    statuses = {t["id"]: t["status"].lower() for t in demo.tasks()}
     pending = [i for i in slow if statuses[i] == "pending"]
     running = [i for i in slow if statuses[i] == "running"]
     assert (len(running), len(pending)) == (LIMIT, SATURATING - LIMIT)

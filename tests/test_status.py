@@ -19,25 +19,44 @@ ALLOWED = {
 }
 
 
-def test_the_six_documented_statuses_with_string_values() -> None:
+def test_the_six_documented_statuses_with_nexios_contrib_values() -> None:
+    # nexios-contrib 0.5.0 ships upper-case values; clients compare task.status.value to them.
     assert {s.name: s.value for s in TaskStatus} == {
-        "PENDING": "pending",
-        "RUNNING": "running",
-        "COMPLETED": "completed",
-        "FAILED": "failed",
-        "CANCELLED": "cancelled",
-        "TIMEOUT": "timeout",
+        "PENDING": "PENDING",
+        "RUNNING": "RUNNING",
+        "COMPLETED": "COMPLETED",
+        "FAILED": "FAILED",
+        "CANCELLED": "CANCELLED",
+        "TIMEOUT": "TIMEOUT",
     }
 
 
 def test_statuses_behave_as_strings() -> None:
-    assert TaskStatus.COMPLETED == "completed"
-    assert str(TaskStatus.FAILED) == "failed"
-    assert f"{TaskStatus.RUNNING}" == "running"
-    assert TaskStatus("cancelled") is TaskStatus.CANCELLED
-    assert json.dumps({"s": TaskStatus.TIMEOUT}) == '{"s": "timeout"}'
+    assert TaskStatus.COMPLETED == "COMPLETED"
+    assert TaskStatus.PENDING.value == "PENDING"
+    assert str(TaskStatus.FAILED) == "FAILED"
+    assert f"{TaskStatus.RUNNING}" == "RUNNING"
+    assert TaskStatus("CANCELLED") is TaskStatus.CANCELLED
+    assert json.dumps({"s": TaskStatus.TIMEOUT}) == '{"s": "TIMEOUT"}'
     with pytest.raises(ValueError, match="done"):
         TaskStatus("done")
+
+
+def test_lookup_by_value_ignores_case() -> None:
+    # Lower-case values (metric labels, and this library before it matched nexios-contrib).
+    assert TaskStatus("cancelled") is TaskStatus.CANCELLED
+    assert TaskStatus("Timeout") is TaskStatus.TIMEOUT
+    with pytest.raises(ValueError):
+        TaskStatus(3)
+
+
+def test_every_status_has_a_lower_case_label() -> None:
+    from observable_tasks.telemetry.names import FINISHED_STATUSES, STATUS_LABELS
+
+    assert {s.value: s.value.lower() for s in TaskStatus} == STATUS_LABELS
+    assert {STATUS_LABELS[s.value] for s in TaskStatus if s.is_terminal} == set(
+        FINISHED_STATUSES
+    )
 
 
 def test_terminal_set() -> None:

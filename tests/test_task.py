@@ -89,14 +89,14 @@ async def test_to_dict_is_json_ready(manager: TaskManager) -> None:
     ok_dict = json.loads(json.dumps(ok.to_dict()))
     assert ok_dict["id"] == ok.id
     assert ok_dict["name"] == "_work"
-    assert ok_dict["status"] == "completed"
+    assert ok_dict["status"] == "COMPLETED"
     assert ok_dict["result"] == {"x": 1}
     assert ok_dict["error"] is None
     assert datetime.fromisoformat(ok_dict["created_at"]) == ok.created_at
     assert datetime.fromisoformat(ok_dict["completed_at"]) == ok.completed_at
 
     bad_dict = bad.to_dict()
-    assert bad_dict["status"] == "failed"
+    assert bad_dict["status"] == "FAILED"
     assert bad_dict["error"] == str(bad.error)
     assert bad_dict["error_type"] == "KeyError"
     assert bad_dict["result"] is None
@@ -108,4 +108,4 @@ async def test_repr_names_the_task(manager: TaskManager) -> None:
     text = repr(task)
     assert "shown" in text
     assert task.id in text
-    assert "completed" in text
+    assert "COMPLETED" in text

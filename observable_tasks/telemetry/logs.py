@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from observable_tasks.errors import TaskTimeoutError
 from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
-from observable_tasks.telemetry.names import LOG_EVENTS, LOG_FIELDS
+from observable_tasks.telemetry.names import LOG_EVENTS, LOG_FIELDS, STATUS_LABELS
 from observable_tasks.telemetry.pipeline import TelemetryPart
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class TaskLogger(TelemetryPart):
             _F.TASK_ID: task.id,
             _F.TASK_NAME: task.name,
             _F.FUNCTION: task.function,
-            _F.STATUS: task.status._value_,  # not .value: a descriptor call per line
+            _F.STATUS: STATUS_LABELS[task.status._value_],  # not .value: a descriptor call
         }
 
     # -- observer hooks -----------------------------------------------------------------------

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["TaskMetrics", "LabelLimiter", "is_multiprocess"]
 
 # Label values as plain strings: an enum's .value is a Python-level descriptor, paid per task.
-_COMPLETED = TaskStatus.COMPLETED.value
-_CANCELLED = TaskStatus.CANCELLED.value
+_COMPLETED = names.STATUS_LABELS[TaskStatus.COMPLETED.value]
+_CANCELLED = names.STATUS_LABELS[TaskStatus.CANCELLED.value]
 
 
 def is_multiprocess() -> bool:
@@ -295,7 +295,7 @@ class TaskMetrics(TelemetryPart):
             bound.duration[_COMPLETED].observe(elapsed)
             bound.last_success.set(time.time())
             return
-        status = outcome_status(error).value
+        status = names.STATUS_LABELS[outcome_status(error).value]
         bound.finished[status].inc()
         bound.duration[status].observe(elapsed)
         if status != _CANCELLED:

@@ -27,6 +27,7 @@ __all__ = [
     "LABEL_LABEL",
     "OVERFLOW_VALUE",
     "FINISHED_STATUSES",
+    "STATUS_LABELS",
     "metric_name",
     "exported_names",
     "DURATION_BUCKETS",
@@ -91,6 +92,16 @@ LABEL_LABEL = "label"
 OVERFLOW_VALUE = "__other__"
 """Label value that stands for every value past the cardinality cap."""
 FINISHED_STATUSES = ("completed", "failed", "cancelled", "timeout")
+"""Label values of the final statuses (lower case: the Prometheus convention)."""
+STATUS_LABELS: dict[str, str] = {
+    "PENDING": "pending",
+    "RUNNING": "running",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "CANCELLED": "cancelled",
+    "TIMEOUT": "timeout",
+}
+"""``TaskStatus`` value -> the label value used in metrics, log lines and span attributes."""
 
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -23,6 +23,7 @@ from observable_tasks.telemetry.names import (
     INSTRUMENTATION_NAME,
     SPAN_PROCESS,
     SPAN_SEND,
+    STATUS_LABELS,
 )
 from observable_tasks.telemetry.pipeline import TelemetryPart
 
@@ -129,7 +130,7 @@ class TaskTracer(TelemetryPart):
         # Bookkeeping after the outcome is known: the span must end whatever happens here.
         try:
             status = outcome_status(error)
-            span.set_attribute(ATTR.TASK_STATUS, status.value)
+            span.set_attribute(ATTR.TASK_STATUS, STATUS_LABELS[status.value])
             if status is TaskStatus.FAILED or status is TaskStatus.TIMEOUT:
                 assert error is not None
                 span.set_attribute(ATTR.ERROR_TYPE, error_type(error))
