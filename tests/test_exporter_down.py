@@ -331,7 +331,9 @@ async def test_dead_and_raising_exporters_and_broken_hooks_never_stall_or_fail_t
     # Metrics and spans are still right, whatever the exporters did.
     for status, count in outcomes.items():
         total = sum(
-            registry.get_sample_value(FINISHED, {"task": f"{__name__}.{f.__name__}", "status": s.value.lower()})
+            registry.get_sample_value(
+                FINISHED, {"task": f"{__name__}.{f.__name__}", "status": s.value.lower()}
+            )
             or 0
             for f, _, s in KINDS
             if s is status

@@ -46,7 +46,7 @@ def test_lookup_by_value_ignores_case() -> None:
     # Lower-case values (metric labels, and this library before it matched nexios-contrib).
     assert TaskStatus("cancelled") is TaskStatus.CANCELLED
     assert TaskStatus("Timeout") is TaskStatus.TIMEOUT
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3"):
         TaskStatus(3)
 
 
@@ -54,9 +54,7 @@ def test_every_status_has_a_lower_case_label() -> None:
     from observable_tasks.telemetry.names import FINISHED_STATUSES, STATUS_LABELS
 
     assert {s.value: s.value.lower() for s in TaskStatus} == STATUS_LABELS
-    assert {STATUS_LABELS[s.value] for s in TaskStatus if s.is_terminal} == set(
-        FINISHED_STATUSES
-    )
+    assert {STATUS_LABELS[s.value] for s in TaskStatus if s.is_terminal} == set(FINISHED_STATUSES)
 
 
 def test_terminal_set() -> None:
