@@ -5,7 +5,7 @@ The documented ``nexios_contrib.tasks`` API (``setup_tasks``, ``create_task``, `
 with tracing, Prometheus metrics and structured logs per task.
 """
 
-from observable_tasks.config import TaskConfig
+from observable_tasks.config import DEFAULT_CONFIG, TaskConfig
 from observable_tasks.current import current_task
 from observable_tasks.errors import (
     NoTaskManagerError,
@@ -29,6 +29,7 @@ from observable_tasks.task import Task
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "CallNext",
     "NoTaskManagerError",
     "Task",

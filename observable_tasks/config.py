@@ -7,7 +7,7 @@ import logging
 import math
 from typing import Any
 
-__all__ = ["TaskConfig"]
+__all__ = ["TaskConfig", "DEFAULT_CONFIG"]
 
 _LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"}
 
@@ -62,6 +62,10 @@ class TaskConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field by name (as nexios-contrib's ``TaskConfig.to_dict``), JSON-ready."""
+        return dataclasses.asdict(self)
+
 
 def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -91,3 +95,7 @@ def _level(name: str, value: object) -> int:
         assert isinstance(level, int)
         return level
     raise ValueError(f"{name} must be one of {sorted(_LEVELS)} or a number, got {value!r}")
+
+
+DEFAULT_CONFIG = TaskConfig()
+"""The configuration a manager gets when none is given (nexios-contrib exports it too)."""
