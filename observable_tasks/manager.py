@@ -16,7 +16,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import types
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from observable_tasks._awaitable import Done
@@ -35,7 +36,7 @@ from observable_tasks.middleware import (
 from observable_tasks.status import TaskStatus, check_transition
 from observable_tasks.task import Task, new_task_id
 
-__all__ = ["TaskManager", "TaskCallback", "check_progress"]
+__all__ = ["TaskManager", "TaskCallback", "check_progress", "check_timeout"]
 
 logger = logging.getLogger("observable_tasks")
 
@@ -53,6 +54,20 @@ def check_progress(progress: object) -> None:
         raise ValueError(f"progress must be a number from 0 to 100, got {progress!r}")
     if not (0.0 <= progress <= 100.0):  # written this way so that NaN fails too
         raise ValueError(f"progress must be from 0 to 100, got {progress!r}")
+
+
+def check_timeout(timeout: object, what: str = "timeout") -> None:
+    """``ValueError`` unless ``timeout`` is a finite number of seconds > 0.
+
+    NaN must never reach the event loop: a NaN timer poisons its heap ordering, so that other
+    tasks' timers fire late.
+    """
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (math.isfinite(timeout) and timeout > 0)
+    ):
+        raise ValueError(f"{what} must be a finite number of seconds > 0, got {timeout!r}")
 
 
 def _ended_cancelled(task: Task) -> bool:
@@ -129,14 +144,32 @@ class TaskManager:
 
     def __init__(
         self,
+        app: Any = None,
         config: TaskConfig | None = None,
         *,
         middleware: Iterable[TaskMiddleware] = (),
         observers: Iterable[TaskObserver] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # TaskManager(config), TaskManager(config=...), nexios-contrib's TaskManager(app, config).
+        if isinstance(app, TaskConfig):
+            if config is not None:
+                raise TypeError("TaskManager() got two configs: pass TaskManager(app, config)")
+            app, config = None, app
         if config is not None and not isinstance(config, TaskConfig):
             raise TypeError(f"config must be a TaskConfig, got {type(config).__name__}")
+        if app is not None and not callable(app):  # an app is an ASGI callable
+            raise TypeError(
+                "TaskManager(app, config) takes the app (or a TaskConfig first), "
+                f"got {type(app).__name__}: config must be a TaskConfig"
+            )
+        self.app = app
+        """The app given as ``TaskManager(app, config)`` (nexios-contrib's form), else ``None``.
+
+        With an app, :meth:`start` registers :meth:`shutdown` as its shutdown hook, as
+        nexios-contrib does; ``setup_tasks(app)`` ties the manager to the app by itself.
+        """
+        self._shutdown_hooked = False
         self.config = config if config is not None else TaskConfig()
         self._clock = clock
         self._middleware: list[tuple[str, TaskMiddleware]] = []
@@ -218,6 +251,11 @@ class TaskManager:
             raise TaskManagerClosedError("cannot start a TaskManager while it is shutting down")
         self._bind(loop)
         self._set_state(_State.RUNNING)
+        if self.app is not None and not self._shutdown_hooked:
+            on_shutdown = getattr(self.app, "on_shutdown", None)
+            if callable(on_shutdown):
+                on_shutdown(self.shutdown)
+                self._shutdown_hooked = True
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting tasks, cancel pending ones, give running ones ``timeout`` seconds
@@ -312,7 +350,7 @@ class TaskManager:
             or not isinstance(timeout, (int, float))
             or not (math.isfinite(timeout) and timeout > 0)
         ):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+            check_timeout(timeout)
         loop = self._loop
         in_loop = (loop is not None and _get_running_loop() is loop) or self._on_loop_thread()
         fn = shape.name
@@ -338,6 +376,11 @@ class TaskManager:
         return task
 
     # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> Mapping[str, Task]:
+        """Every known task by id (read-only; nexios-contrib exposes ``manager.tasks`` too)."""
+        return types.MappingProxyType(self._tasks)
 
     def get_task(self, task_id: str) -> Task | None:
         """The task with this id, or ``None`` if unknown or evicted."""
@@ -378,6 +421,8 @@ class TaskManager:
         :class:`TaskNotFoundError` for an unknown id and ``TimeoutError`` if ``timeout`` seconds
         pass first (the task itself is not affected).
         """
+        if timeout is not None:
+            check_timeout(timeout, "wait_for_task() timeout")
         job = self._jobs.get(task_id)
         if job is None:  # finished (or unknown): inlined _finished(), the common case when
             task = self._tasks.get(task_id)  # waiting for a batch one task after another
