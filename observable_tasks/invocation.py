@@ -15,9 +15,27 @@ from typing import Any, cast
 
 __all__ = ["CallShape", "Invocation", "check_call", "prepare", "function_name", "reject_coroutine"]
 
-_SIGNATURES: dict[types.CodeType, inspect.Signature] = {}
-_CHECKED: dict[tuple[types.CodeType, int, tuple[str, ...]], CallShape] = {}
+# Caches keyed by what identifies a plain function: its code object (shared by every closure
+# made from one ``def``: per-request closures hit the cache) *and* its names and defaults, which
+# generated functions (``types.FunctionType(template.__code__, globals, "job_7", defaults)``)
+# change while sharing the code object.
+_FunctionKey = tuple[types.CodeType, str, str, str, int, tuple[str, ...]]
+_SIGNATURES: dict[_FunctionKey, inspect.Signature] = {}
+_CHECKED: dict[tuple[_FunctionKey, int, tuple[str, ...]], CallShape] = {}
 _MAX_CACHED = 4096
+
+
+def _function_key(func: types.FunctionType) -> _FunctionKey:
+    defaults = func.__defaults__
+    kwdefaults = func.__kwdefaults__
+    return (
+        func.__code__,
+        func.__module__,
+        func.__qualname__,
+        func.__name__,
+        len(defaults) if defaults else 0,
+        tuple(kwdefaults) if kwdefaults else (),
+    )
 
 
 class CallShape:
@@ -97,6 +115,11 @@ def function_name(func: Callable[..., Any]) -> str:
     while isinstance(func, functools.partial):
         func = func.func
     qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    name = getattr(func, "__name__", None)
+    if isinstance(name, str) and name and qualname.rpartition(".")[2] != name:
+        # A generated function (types.FunctionType(code, globals, name)) keeps the template's
+        # __qualname__ but has a name of its own: that name is the one users gave it.
+        qualname = f"{qualname.rpartition('.')[0]}.{name}" if "." in qualname else name
     module = getattr(func, "__module__", None) or type(func).__module__
     return f"{module}.{qualname}" if module else qualname
 
@@ -118,7 +141,7 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
         # code object is valid again; binding is the costly part of creating a task. Not for
         # decorated functions: functools.wraps wrappers share one code object between many
         # functions whose signatures and names differ.
-        key = (func.__code__, len(args), tuple(kwargs))
+        key = (_function_key(func), len(args), tuple(kwargs))
         known = _CHECKED.get(key)
         if known is not None:
             return known
@@ -133,6 +156,13 @@ def _check(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallS
     reject_coroutine(func)
     if not callable(func):
         raise TypeError(f"create_task() needs a callable, got {type(func).__name__}: {func!r}")
+    if _is_async_generator(func):
+        # Calling it makes an async generator, which nothing would iterate: the body would
+        # never run, and the task would "complete" with the generator object as its result.
+        raise TypeError(
+            f"{function_name(func)} is an async generator function, which create_task() cannot "
+            "run (its body only runs when iterated): make it an async def that returns a value"
+        )
     sig = _signature(func)
     wants_task_id = False
     if sig is not None:
@@ -177,6 +207,15 @@ def reject_coroutine(func: object) -> None:
         )
 
 
+def _is_async_generator(func: object) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.isasyncgenfunction(func):
+        return True
+    call = getattr(type(func), "__call__", None)  # noqa: B004 - callable objects
+    return call is not None and inspect.isasyncgenfunction(call)
+
+
 def _is_async(func: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(func):
         return True
@@ -185,9 +224,9 @@ def _is_async(func: Callable[..., Any]) -> bool:
 
 
 def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
-    # Signatures of plain functions are cached by code object: closures made per request share one.
+    # Signatures of plain functions are cached (see _function_key): per-request closures share one.
     code = (
-        func.__code__
+        _function_key(func)
         if isinstance(func, types.FunctionType) and "__wrapped__" not in func.__dict__
         else None
     )
