@@ -11,12 +11,14 @@ A part still works alone as an ordinary middleware (``manager.add_middleware(Tas
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from observable_tasks.middleware import OBSERVER_HOOKS, CallNext, ErrorReporter, TaskObserver
+from observable_tasks.status import TaskStatus
 
 if TYPE_CHECKING:
     from observable_tasks.task import Task
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["TelemetryPart", "TelemetryPipeline"]
 
 _SKIPPED = object()  # the state of a part whose begin() raised: its end() is not called
+_RUNNING = TaskStatus.RUNNING
+_FORCED = asyncio.CancelledError("cancelled by shutdown after ignoring its cancellation")
 
 
 class TelemetryPart(TaskObserver):
@@ -94,6 +98,11 @@ class TelemetryPipeline(TaskObserver):
             raise
         finally:
             elapsed = time.perf_counter() - start
+            if task.status is not _RUNNING:
+                # Already given its final status (shutdown force-cancelled a task that ignored
+                # its cancellation and returned later): report that status, once, not the
+                # late return.
+                error = _FORCED
             i = len(states)
             for part in self._reversed:
                 i -= 1
