@@ -19,22 +19,21 @@ __all__ = ["CallShape", "Invocation", "check_call", "prepare", "function_name", 
 # made from one ``def``: per-request closures hit the cache) *and* its names and defaults, which
 # generated functions (``types.FunctionType(template.__code__, globals, "job_7", defaults)``)
 # change while sharing the code object.
-_FunctionKey = tuple[types.CodeType, str, str, str, int, tuple[str, ...]]
+_FunctionKey = tuple[types.CodeType, str, str, str, int, int]
 _SIGNATURES: dict[_FunctionKey, inspect.Signature] = {}
-_CHECKED: dict[tuple[_FunctionKey, int, tuple[str, ...]], CallShape] = {}
+_CHECKED: dict[tuple[Any, ...], CallShape] = {}  # see check_call for its two kinds of keys
 _MAX_CACHED = 4096
 
 
 def _function_key(func: types.FunctionType) -> _FunctionKey:
-    defaults = func.__defaults__
-    kwdefaults = func.__kwdefaults__
+    defaults, kwdefaults = func.__defaults__, func.__kwdefaults__
     return (
         func.__code__,
         func.__module__,
         func.__qualname__,
         func.__name__,
         len(defaults) if defaults else 0,
-        tuple(kwdefaults) if kwdefaults else (),
+        len(kwdefaults) if kwdefaults else 0,
     )
 
 
@@ -138,10 +137,23 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
     """
     if isinstance(func, types.FunctionType) and "__wrapped__" not in func.__dict__:
         # Fast path: a call shape (positional count, keyword names) already checked for this
-        # code object is valid again; binding is the costly part of creating a task. Not for
+        # function is valid again; binding is the costly part of creating a task. Not for
         # decorated functions: functools.wraps wrappers share one code object between many
         # functions whose signatures and names differ.
-        key = (_function_key(func), len(args), tuple(kwargs))
+        key: tuple[Any, ...]
+        if func.__closure__ is None:
+            # Module-level (and generated) functions: the function itself is the key. Cheap to
+            # hash, and holding it keeps alive nothing that would not live anyway.
+            key = (func, len(args), *kwargs)
+        else:
+            # Closures made per request are new objects sharing one code object and names:
+            # key on those (see _function_key), not on the closure, which may hold request data.
+            defaults, kwdefaults = func.__defaults__, func.__kwdefaults__
+            key = (
+                func.__code__, func.__module__, func.__qualname__, func.__name__,
+                len(defaults) if defaults else 0, len(kwdefaults) if kwdefaults else 0,
+                len(args), *kwargs,
+            )  # fmt: skip
         known = _CHECKED.get(key)
         if known is not None:
             return known
