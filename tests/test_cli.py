@@ -187,3 +187,18 @@ def test_json_logs_make_a_pure_json_lines_stdout(tmp_path: Path, workers: int) -
     assert any(r.get("event") == "task.completed" for r in records)
     # Nexios prints "Resolving dependency:" on every resolution: with JSON logs, to stderr.
     assert "Resolving dependency" not in server.stdout()
+
+
+def test_the_readme_lists_every_demo_endpoint(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Demo endpoints", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    app = demo.create_app(data_dir=tmp_path)
+    for route in app.get_all_routes():
+        methods = {m.upper() for m in route.methods} - {"HEAD"}
+        if route.raw_path == "/redoc":
+            assert "`/redoc`" in section
+            continue
+        method = "GET" if "GET" in methods else sorted(methods)[0]
+        listed = [row for row in rows if row.startswith(f"| `{method} {route.raw_path}`")]
+        assert len(listed) == 1, f"{method} {route.raw_path} is not listed once in the README"
