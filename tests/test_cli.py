@@ -202,3 +202,53 @@ def test_the_readme_lists_every_demo_endpoint(tmp_path: Path) -> None:
         method = "GET" if "GET" in methods else sorted(methods)[0]
         listed = [row for row in rows if row.startswith(f"| `{method} {route.raw_path}`")]
         assert len(listed) == 1, f"{method} {route.raw_path} is not listed once in the README"
+
+
+CAPTURE_SCRIPT = """
+import logging, logging.config
+import uvicorn.config
+logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)  # uvicorn's plain-text handlers
+import nexios  # noqa: F401 - its logger gets its own stderr handler and propagates
+from observable_tasks.telemetry import configure_logging
+from observable_tasks.telemetry.logs import capture_stdlib_logging
+configure_logging(json=True)
+capture_stdlib_logging()
+capture_stdlib_logging("INFO")  # again: still one handler
+logging.getLogger("nexios").error("from nexios")
+logging.getLogger("nexios").debug("nexios debug, below the level")
+logging.getLogger("uvicorn.error").info("from uvicorn")
+logging.getLogger("uvicorn.access").info('%s - "%s" %d', "127.0.0.1:1", "GET / HTTP/1.1", 200)
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("app").exception("it failed")
+"""
+
+
+def test_capture_stdlib_logging_one_json_line_per_record(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", CAPTURE_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    by_event = {r["event"]: r for r in records}
+    assert [r["event"] for r in records] == [
+        "from nexios",
+        "from uvicorn",
+        '127.0.0.1:1 - "GET / HTTP/1.1" 200',
+        "it failed",
+    ]
+    assert by_event["from nexios"]["logger"] == "nexios"
+    assert by_event["from nexios"]["level"] == "error"
+    assert by_event["from uvicorn"]["logger"] == "uvicorn.error"
+    assert "timestamp" in by_event["from uvicorn"]
+    assert "ZeroDivisionError" in json.dumps(by_event["it failed"])
+    for message in ("from nexios", "from uvicorn", "GET /", "it failed"):
+        assert message not in done.stderr
