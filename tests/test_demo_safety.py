@@ -129,7 +129,8 @@ def test_one_hundred_thousand_levels_deep_is_a_400_with_the_default_limit(
     app = create_app(data_dir=tmp_path, time_scale=0.01)
     depth = 100_000
     with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=30) as http:
-        for path in ("/process", "/process-di", "/simulate", "/validate-now"):
+        live.app = app  # type: ignore[attr-defined]
+        for path in post_routes(live):
             response = http.post(path, content=b"[" * depth + b"]" * depth)
             assert response.status_code == 400, path
             assert "nested too deeply" in response.json()["error"]
