@@ -34,6 +34,7 @@ from observable_tasks.middleware import (
 )
 from observable_tasks.status import TaskStatus, check_transition
 from observable_tasks.task import Task, new_task_id
+from observable_tasks.threads import SyncThreads
 
 __all__ = ["TaskManager", "TaskCallback", "check_progress"]
 
@@ -155,6 +156,7 @@ class TaskManager:
         self._accepting = True  # mirrors _state, read on every create (see _set_state)
         self._cleanup_handle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        self._threads = SyncThreads(self.config.max_sync_threads)  # threads start on demand
         self.internal_errors: collections.Counter[str] = collections.Counter()
         """Failures inside middleware, observers and callbacks, by component name."""
         for mw in middleware:
@@ -361,6 +363,11 @@ class TaskManager:
         """Tasks waiting for a slot."""
         return len(self._pending)
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still running sync functions whose tasks timed out or were cancelled."""
+        return self._threads.abandoned
+
     def running_tasks(self) -> list[Task]:
         """Tasks executing now."""
         return [job.task for job in self._running_jobs()]
@@ -566,7 +573,7 @@ class TaskManager:
                 try:
                     if job.cancel_requested:  # cancel_task() came before the first step
                         raise asyncio.CancelledError
-                    result = await job.start(task.id)
+                    result = await job.start(task.id, self._threads)
                 except BaseException as exc:
                     self._failure(job, exc)
                     raise
@@ -612,7 +619,7 @@ class TaskManager:
     def _invoke(self, job: _Job) -> Awaitable[Any]:
         if job.cancel_requested:  # cancel_task() came before the task's first step
             raise asyncio.CancelledError
-        return job.start(job.task.id)
+        return job.start(job.task.id, self._threads)
 
     def _failure(self, job: _Job, exc: BaseException) -> BaseException:
         """Record what an execution that raised ``exc`` ended with, and return it.
