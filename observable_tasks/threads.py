@@ -80,8 +80,11 @@ class SyncThreads:
         max_threads: int | None = None,
         idle_timeout: float = 60.0,
         name: str = "observable-tasks-sync",
+        on_abandoned: Callable[[int], None] | None = None,
     ) -> None:
         self.size = size
+        self.on_abandoned = on_abandoned
+        """Told ``+1`` when a thread is abandoned, ``-1`` when its function returns (unlocked)."""
         self.max_threads = max(size, max_threads if max_threads is not None else 2 * size)
         self.idle_timeout = idle_timeout
         self.name = name
@@ -130,11 +133,15 @@ class SyncThreads:
             if work.state == _QUEUED:
                 work.state = _DROPPED  # never started: no thread is spent on it
                 self._queue.remove(work)
-            elif work.state == _RUNNING:
-                work.state = _ABANDONED
-                self._busy -= 1
-                self._abandoned += 1
-                self._dispatch()  # its slot is free: queued work may need a new thread
+                return
+            if work.state != _RUNNING:
+                return
+            work.state = _ABANDONED
+            self._busy -= 1
+            self._abandoned += 1
+            self._dispatch()  # its slot is free: queued work may need a new thread
+        if self.on_abandoned is not None:
+            self.on_abandoned(1)
 
     def _dispatch(self) -> None:
         """Wake or start enough workers for the work that may run now (lock held)."""
@@ -201,7 +208,11 @@ class SyncThreads:
                     self._busy -= 1
                 self._idle += 1  # and takes queued work in _next(), if there is any
                 abandoned = work.state == _ABANDONED
-            if not abandoned:
+            if abandoned:
+                if self.on_abandoned is not None:
+                    with contextlib.suppress(Exception):  # never let a worker die of it
+                        self.on_abandoned(-1)
+            else:
                 # A closed loop raises RuntimeError: nobody is left to tell.
                 with contextlib.suppress(RuntimeError):
                     work.loop.call_soon_threadsafe(_deliver, work.future, result, error)

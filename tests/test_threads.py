@@ -144,9 +144,10 @@ async def test_past_the_hard_cap_new_sync_work_waits_and_that_is_logged_once(
 ) -> None:
     mgr = make_manager(max_sync_threads=1)  # so at most 2 threads in all
     caplog.set_level(logging.WARNING, logger="observable_tasks")
-    hung = [await mgr.create_task(hang_until(release), timeout=0.05) for _ in range(2)]
-    for task in hung:
-        await mgr.wait_for_task(task.id, timeout=5)
+    for _ in range(2):  # one after the other: the second needs the thread the first left
+        hung = await mgr.create_task(hang_until(release), timeout=0.05)
+        await mgr.wait_for_task(hung.id, timeout=5)
+        assert hung.status is TaskStatus.TIMEOUT
     assert mgr.abandoned_threads == 2
     assert mgr._threads.threads == 2
 
@@ -273,3 +274,46 @@ def test_process_exits_on_sigint_with_a_thread_still_hung() -> None:
     _, err = _finish(proc, 10)
     assert "KeyboardInterrupt" in err
     assert time.monotonic() - started < 10
+
+
+# -- telemetry: the abandoned-threads gauge ----------------------------------------------------
+
+
+async def test_abandoned_threads_gauge_is_read_at_scrape_time(release: threading.Event) -> None:
+    from telemetry_kit import instrumented
+
+    from observable_tasks import TaskConfig
+    from observable_tasks.telemetry import names
+
+    with instrumented(TaskConfig(max_sync_threads=2, shutdown_timeout=1)) as kit:
+        assert kit.sample(names.SYNC_THREADS_ABANDONED) == 0
+        task = await kit.manager.create_task(hang_until(release), timeout=0.05)
+        await kit.manager.wait_for_task(task.id, timeout=5)
+        assert kit.sample(names.SYNC_THREADS_ABANDONED) == 1
+        release.set()
+        await async_wait_until(
+            lambda: kit.sample(names.SYNC_THREADS_ABANDONED) == 0, message="gauge back to 0"
+        )
+        await kit.manager.shutdown()
+
+
+async def test_multiprocess_gauge_follows_the_abandon_hook(release: threading.Event) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from observable_tasks import TaskConfig
+    from observable_tasks.telemetry import TaskMetrics, TelemetryPipeline, names
+
+    registry = CollectorRegistry()
+    mgr = TaskManager(TaskConfig(max_sync_threads=2, shutdown_timeout=1))
+    metrics = TaskMetrics(registry, multiprocess=True)  # livesum gauges kept through hooks
+    metrics.attach(mgr)
+    pipeline = TelemetryPipeline([metrics], report=mgr.report_internal_error)
+    mgr.add_observer(pipeline)
+    mgr.add_middleware(pipeline, guarded=False)
+    gauge = names.metric_name(names.SYNC_THREADS_ABANDONED)
+    task = await mgr.create_task(hang_until(release), timeout=0.05)
+    await mgr.wait_for_task(task.id, timeout=5)
+    assert registry.get_sample_value(gauge) == 1
+    release.set()
+    await async_wait_until(lambda: registry.get_sample_value(gauge) == 0, message="gauge at 0")
+    await mgr.shutdown()
