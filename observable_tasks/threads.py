@@ -30,7 +30,7 @@ __all__ = ["SyncThreads"]
 
 logger = logging.getLogger("observable_tasks")
 
-_QUEUED, _RUNNING, _ABANDONED, _DROPPED = range(4)
+_QUEUED, _RUNNING, _ABANDONED, _DROPPED, _DONE = range(5)
 
 
 class _Work:
@@ -60,6 +60,8 @@ class _Work:
 def _deliver(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():  # cancelled meanwhile (the thread was abandoned)
         return
+    if isinstance(error, StopIteration):  # a Future refuses it (it would end a generator)
+        error = RuntimeError(f"the task function raised StopIteration: {error!r}")
     if error is not None:
         future.set_exception(error)
     else:
@@ -154,7 +156,13 @@ class SyncThreads:
         while missing > 0 and self._threads < self.max_threads:
             self._threads += 1
             self._idle += 1  # counted idle until it takes work (so it is not started twice)
-            threading.Thread(target=self._worker, name=self.name, daemon=True).start()
+            try:
+                threading.Thread(target=self._worker, name=self.name, daemon=True).start()
+            except RuntimeError:  # "can't start new thread": the work waits for a running one
+                self._threads -= 1
+                self._idle -= 1
+                logger.exception("observable_tasks: could not start a sync task thread")
+                return
             missing -= 1
         if missing > 0 and not self._capped:
             self._capped = True
@@ -200,14 +208,15 @@ class SyncThreads:
             except BaseException as exc:  # delivered to the awaiting task, as to_thread does
                 error = exc
             with self._lock:
-                if work.state == _ABANDONED:
+                abandoned = work.state == _ABANDONED
+                work.state = _DONE  # from now on, a cancelled caller abandons nothing
+                if abandoned:
                     self._abandoned -= 1
                     if not self._abandoned:
                         self._capped = False  # recovered: a later episode is logged again
                 else:
                     self._busy -= 1
                 self._idle += 1  # and takes queued work in _next(), if there is any
-                abandoned = work.state == _ABANDONED
             if abandoned:
                 if self.on_abandoned is not None:
                     with contextlib.suppress(Exception):  # never let a worker die of it

@@ -317,3 +317,33 @@ async def test_multiprocess_gauge_follows_the_abandon_hook(release: threading.Ev
     release.set()
     await async_wait_until(lambda: registry.get_sample_value(gauge) == 0, message="gauge at 0")
     await mgr.shutdown()
+
+
+async def test_cancelled_just_after_the_function_returned_abandons_nothing() -> None:
+    pool = SyncThreads(1)
+    running = asyncio.ensure_future(pool.run(lambda: "result", (), {}))
+    await asyncio.sleep(0)  # the work is queued; a thread takes it
+    deadline = time.monotonic() + 5
+    # Block the loop until the thread is done with it: its result cannot be delivered yet.
+    while (pool._busy or pool._queue) and time.monotonic() < deadline:
+        time.sleep(0.001)  # noqa: ASYNC251 - keeps the loop from delivering the result
+    running.cancel()
+    results = await asyncio.gather(running, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert pool.abandoned == 0
+    assert pool._busy == 0
+
+
+async def test_a_sync_function_raising_stop_iteration_fails_its_task(
+    make_manager: MakeManager,
+) -> None:
+    mgr = make_manager()
+
+    def stop() -> None:
+        raise StopIteration("odd")
+
+    task = await mgr.create_task(stop)
+    await mgr.wait_for_task(task.id, timeout=5)
+    assert task.status is TaskStatus.FAILED
+    assert isinstance(task.error, RuntimeError)
+    assert "StopIteration" in str(task.error)
