@@ -47,6 +47,7 @@ class LoopWatchdog:
         self._handle: asyncio.TimerHandle | None = None
         self._due: float | None = None  # monotonic time the pending heartbeat is due
         self._reported: float | None = None  # the ``_due`` of the stall last reported
+        self._paused = False  # the watcher saw the loop not running: the next lag is no lag
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         """The watcher thread (of the loop watched last)."""
@@ -87,19 +88,32 @@ class LoopWatchdog:
             return
         lag = max(0.0, time.monotonic() - due)  # the loop may run a timer a hair early
         self._schedule()
+        if self._paused:  # late because the loop was not running, not because it was blocked
+            self._paused = False
+            return
         owner._loop_lag(lag)
 
     def _watch(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        resumed = 0.0  # when the loop was last seen running again after a pause
+        paused = False
         while not stop.wait(self.interval):
             if loop.is_closed() or self._owner() is None:
                 return
+            if not loop.is_running():  # e.g. between two run_until_complete calls:
+                paused = self._paused = True  # a loop that is not running is not blocked
+                continue
+            if paused:
+                paused, resumed = False, time.monotonic()
             due = self._due
-            if due is None or due == self._reported or not loop.is_running():
-                continue  # nothing pending, already reported, or a loop that is not running
-            overdue = time.monotonic() - due
+            if due is None or due == self._reported:
+                continue  # nothing pending, or this stall was reported already
+            overdue = time.monotonic() - max(due, resumed)
             if overdue < self.threshold:
                 continue
-            running = asyncio.current_task(loop)
+            try:
+                running = asyncio.current_task(loop)
+            except Exception:  # pragma: no cover - never let the watcher die
+                running = None
             if self._due != due or stop.is_set():
                 continue  # the loop moved on meanwhile: do not blame whatever runs now
             self._reported = due

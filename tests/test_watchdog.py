@@ -136,6 +136,22 @@ async def test_none_disables_the_watchdog(make_manager: MakeManager) -> None:
     assert rec.lags == []
 
 
+def test_a_loop_that_is_not_running_is_not_blocked() -> None:
+    rec = Recorder(big_lag=0.2)
+    loop = asyncio.new_event_loop()
+    try:
+        mgr = TaskManager(TaskConfig(loop_stall_threshold=0.2), observers=[rec])
+        loop.run_until_complete(mgr.start())
+        time.sleep(0.5)  # the loop is not running: no heartbeat can be due
+        loop.run_until_complete(asyncio.sleep(0.3))
+        assert rec.lags  # beats ran after the pause
+        assert all(lag < 0.2 for lag in rec.lags)
+        assert rec.stalls == []
+        loop.run_until_complete(mgr.shutdown())
+    finally:
+        loop.close()
+
+
 # -- telemetry -------------------------------------------------------------------------------
 
 
