@@ -41,7 +41,8 @@ class LoopWatchdog:
 
     def __init__(self, owner: _Owner, threshold: float, interval: float | None = None) -> None:
         self.threshold = threshold
-        self.interval = interval if interval is not None else min(0.25, threshold / 2)
+        # Half the threshold (a stall is seen within 1.5 thresholds), 10-250 ms: cheap when idle.
+        self.interval = interval if interval is not None else max(0.01, min(0.25, threshold / 2))
         self._owner = weakref.ref(owner)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None

@@ -347,3 +347,17 @@ async def test_a_sync_function_raising_stop_iteration_fails_its_task(
     assert task.status is TaskStatus.FAILED
     assert isinstance(task.error, RuntimeError)
     assert "StopIteration" in str(task.error)
+
+
+async def test_a_stream_of_hanging_sync_tasks_never_exceeds_the_thread_cap(
+    make_manager: MakeManager, release: threading.Event
+) -> None:
+    mgr = make_manager(max_sync_threads=2)  # at most 4 threads
+    for _ in range(3):
+        hung = [await mgr.create_task(hang_until(release), timeout=0.05) for _ in range(4)]
+        for task in hung:
+            await mgr.wait_for_task(task.id, timeout=5)
+        assert all(t.status is TaskStatus.TIMEOUT for t in hung)
+        assert mgr._threads.threads <= 4
+        assert mgr.abandoned_threads <= 4
+    assert mgr.abandoned_threads == 4  # the rest timed out waiting and never took a thread
