@@ -23,6 +23,7 @@ import contextvars
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -85,8 +86,13 @@ class SyncThreads:
         on_abandoned: Callable[[int], None] | None = None,
     ) -> None:
         self.size = size
-        self.on_abandoned = on_abandoned
-        """Told ``+1`` when a thread is abandoned, ``-1`` when its function returns (unlocked)."""
+        # Told +1 when a thread is abandoned, -1 when its function returns (lock not held).
+        # A bound method is held weakly: idle workers must not keep its owner (a manager) alive.
+        self._on_abandoned: Callable[[], Callable[[int], None] | None] | None = None
+        if inspect.ismethod(on_abandoned):
+            self._on_abandoned = weakref.WeakMethod(on_abandoned)
+        elif on_abandoned is not None:
+            self._on_abandoned = lambda: on_abandoned
         self.max_threads = max(size, max_threads if max_threads is not None else 2 * size)
         self.idle_timeout = idle_timeout
         self.name = name
@@ -142,8 +148,12 @@ class SyncThreads:
             self._busy -= 1
             self._abandoned += 1
             self._dispatch()  # its slot is free: queued work may need a new thread
-        if self.on_abandoned is not None:
-            self.on_abandoned(1)
+        self._tell(1)
+
+    def _tell(self, change: int) -> None:
+        hook = self._on_abandoned() if self._on_abandoned is not None else None
+        if hook is not None:
+            hook(change)
 
     def _dispatch(self) -> None:
         """Wake or start enough workers for the work that may run now (lock held)."""
@@ -218,9 +228,8 @@ class SyncThreads:
                     self._busy -= 1
                 self._idle += 1  # and takes queued work in _next(), if there is any
             if abandoned:
-                if self.on_abandoned is not None:
-                    with contextlib.suppress(Exception):  # never let a worker die of it
-                        self.on_abandoned(-1)
+                with contextlib.suppress(Exception):  # never let a worker die of it
+                    self._tell(-1)
             else:
                 # A closed loop raises RuntimeError: nobody is left to tell.
                 with contextlib.suppress(RuntimeError):

@@ -361,3 +361,20 @@ async def test_a_stream_of_hanging_sync_tasks_never_exceeds_the_thread_cap(
         assert mgr._threads.threads <= 4
         assert mgr.abandoned_threads <= 4
     assert mgr.abandoned_threads == 4  # the rest timed out waiting and never took a thread
+
+
+async def test_idle_sync_threads_do_not_keep_a_manager_alive() -> None:
+    import gc
+    import weakref
+
+    from observable_tasks import TaskConfig
+
+    mgr = TaskManager(TaskConfig(shutdown_timeout=1))
+    task = await mgr.create_task(lambda: "ran")
+    await mgr.wait_for_task(task.id, timeout=5)
+    assert mgr._threads.threads == 1  # its worker is idle now, waiting for work
+    await mgr.shutdown()
+    ref = weakref.ref(mgr)
+    del mgr, task
+    gc.collect()
+    assert ref() is None
