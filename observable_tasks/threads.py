@@ -153,7 +153,9 @@ class SyncThreads:
     def _tell(self, change: int) -> None:
         hook = self._on_abandoned() if self._on_abandoned is not None else None
         if hook is not None:
-            hook(change)
+            # Never let it replace the caller's CancelledError, nor kill a worker.
+            with contextlib.suppress(Exception):
+                hook(change)
 
     def _dispatch(self) -> None:
         """Wake or start enough workers for the work that may run now (lock held)."""
@@ -187,8 +189,6 @@ class SyncThreads:
     def _next(self) -> _Work | None:
         """The next work to run, or None when this worker should exit (lock held)."""
         while True:
-            while self._queue and self._queue[0].state == _DROPPED:
-                self._queue.popleft()
             if self._queue and self._busy < self.size:
                 work = self._queue.popleft()
                 work.state = _RUNNING
@@ -228,8 +228,7 @@ class SyncThreads:
                     self._busy -= 1
                 self._idle += 1  # and takes queued work in _next(), if there is any
             if abandoned:
-                with contextlib.suppress(Exception):  # never let a worker die of it
-                    self._tell(-1)
+                self._tell(-1)
             else:
                 # A closed loop raises RuntimeError: nobody is left to tell.
                 with contextlib.suppress(RuntimeError):
