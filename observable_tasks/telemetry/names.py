@@ -19,6 +19,8 @@ __all__ = [
     "TASK_LAST_SUCCESS",
     "TELEMETRY_ERRORS",
     "LABEL_OVERFLOW",
+    "EVENT_LOOP_LAG",
+    "SYNC_THREADS_ABANDONED",
     "METRICS",
     "LABEL_TASK",
     "LABEL_STATUS",
@@ -32,6 +34,7 @@ __all__ = [
     "exported_names",
     "DURATION_BUCKETS",
     "QUEUE_WAIT_BUCKETS",
+    "LOOP_LAG_BUCKETS",
     "SPAN_SEND",
     "SPAN_PROCESS",
     "ATTR",
@@ -68,6 +71,10 @@ TELEMETRY_ERRORS = "telemetry_errors"
 """Counter {component}: failures inside telemetry itself (never fail a task)."""
 LABEL_OVERFLOW = "label_overflow"
 """Counter {label}: label values folded into ``OVERFLOW_VALUE`` because of the cardinality cap."""
+EVENT_LOOP_LAG = "event_loop_lag_seconds"
+"""Histogram: how late the loop watchdog's heartbeat ran (``TaskConfig.loop_stall_threshold``)."""
+SYNC_THREADS_ABANDONED = "sync_threads_abandoned"
+"""Gauge: threads still running sync functions whose tasks timed out or were cancelled."""
 
 #: name -> (type, labels), the contract dashboards and rules are tested against.
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -82,6 +89,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     TASK_LAST_SUCCESS: ("gauge", ("task",)),
     TELEMETRY_ERRORS: ("counter", ("component",)),
     LABEL_OVERFLOW: ("counter", ("label",)),
+    EVENT_LOOP_LAG: ("histogram", ()),
+    SYNC_THREADS_ABANDONED: ("gauge", ()),
 }
 
 LABEL_TASK = "task"
@@ -109,6 +118,9 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 QUEUE_WAIT_BUCKETS = (
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0,
+)  # fmt: skip
+LOOP_LAG_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
 
@@ -168,6 +180,7 @@ LOG_EVENTS = {
     "cancelled": "task.cancelled",
     "progress": "task.progress",
     "evicted": "task.evicted",
+    "loop_stalled": "loop.stalled",
 }
 """structlog event names, keyed by what happened."""
 
@@ -186,4 +199,5 @@ class LOG_FIELDS:  # a namespace of constants, read like a module
     ERROR = "error"
     TRACE_ID = "trace_id"
     SPAN_ID = "span_id"
+    BLOCKED = "blocked_s"  # loop.stalled: seconds the loop had been blocked when seen
     TRACE_FLAGS = "trace_flags"
