@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from typing import Any
 
 import structlog
 from telemetry_kit import captured_structlog, instrumented
@@ -155,3 +156,62 @@ def test_captured_structlog_helper_restores_defaults() -> None:
     with captured_structlog():
         pass
     assert not structlog.is_configured()
+
+
+def _run_failing_task(**logging_options: Any) -> str:
+    """Everything a real app writes for one task that raises with a secret in a local."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from observable_tasks import TaskManager
+    from observable_tasks.telemetry import instrument
+
+    def leaky(user: str) -> None:
+        password = "hunter2"
+        raise PermissionError(f"login refused for {user} ({len(password)} chars)")
+
+    async def main() -> None:
+        manager = TaskManager(TaskConfig(shutdown_timeout=1.0))
+        instrument(manager, tracer_provider=TracerProvider(), registry=CollectorRegistry())
+        try:
+            task = await manager.create_task(leaky, "alice")
+            await manager.wait_for_task(task.id)
+        finally:
+            await manager.shutdown(timeout=1.0)
+
+    stream = io.StringIO()
+    try:
+        configure_logging(stream=stream, cache_loggers=False, **logging_options)
+        asyncio.run(main())
+    finally:
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+    return stream.getvalue()
+
+
+def test_failed_task_json_line_has_the_traceback_but_no_local_variables() -> None:
+    out = _run_failing_task(json=True)
+    (failed,) = [r for r in map(json.loads, out.splitlines()) if r["event"] == "task.failed"]
+    assert failed["error_type"] == "PermissionError"
+    assert failed["error"] == "login refused for alice (7 chars)"
+    (stack,) = failed["exception"]
+    assert stack["exc_type"] == "PermissionError"
+    assert stack["exc_value"] == "login refused for alice (7 chars)"
+    assert stack["frames"][-1]["name"] == "leaky"
+    assert all("locals" not in frame for frame in stack["frames"])
+    assert "hunter2" not in out
+    assert len(json.dumps(failed)) < 2000
+
+
+def test_local_variables_only_on_explicit_opt_in() -> None:
+    out = _run_failing_task(json=True, show_locals=True)
+    (failed,) = [r for r in map(json.loads, out.splitlines()) if r["event"] == "task.failed"]
+    assert failed["exception"][0]["frames"][-1]["locals"]["password"] == "'hunter2'"
+
+
+def test_console_renderer_prints_the_traceback_without_locals() -> None:
+    out = _run_failing_task(json=False)
+    assert "task.failed" in out
+    assert "PermissionError: login refused for alice" in out
+    assert "in leaky" in out
+    assert "hunter2" not in out

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from opentelemetry import trace
+from structlog.tracebacks import ExceptionDictTransformer
 
 from observable_tasks.errors import TaskTimeoutError
 from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
@@ -175,12 +176,28 @@ def add_trace_context(
     return event_dict
 
 
+def _console_tracebacks(show_locals: bool) -> structlog.typing.ExceptionRenderer:
+    """The console renderer's exception formatter; locals only when asked for.
+
+    structlog's default is Rich's traceback *with* locals when Rich is installed (and
+    better-exceptions, which prints variable values, when only that is): without
+    ``show_locals``, Rich without locals, else structlog's plain formatter (no locals).
+    """
+    dev = structlog.dev
+    if show_locals:
+        return dev.default_exception_formatter
+    if getattr(dev, "rich", None) is not None:
+        return dev.RichTracebackFormatter(show_locals=False)
+    return dev.plain_traceback
+
+
 def configure_logging(
     *,
     json: bool | None = None,
     level: int | str = logging.INFO,
     stream: TextIO | None = None,
     cache_loggers: bool = True,
+    show_locals: bool = False,
 ) -> None:
     """Configure structlog for an app using observable_tasks (call it once, at start-up).
 
@@ -188,6 +205,12 @@ def configure_logging(
     console lines (development); ``None`` picks JSON unless ``stream`` is a terminal (env
     ``LOG_FORMAT=json|console`` overrides). ``cache_loggers=False`` keeps
     ``structlog.testing.capture_logs`` working. The library never calls this on import.
+
+    An exception (``task.failed`` carries one) is rendered as its type, message and frames
+    (file, line, function), never with the frames' local variables: they hold whatever the
+    code had at hand (passwords, tokens, personal data) and make every line kilobytes long.
+    ``show_locals=True`` adds them, for debugging only (JSON: values as structlog abbreviates
+    them; console: only with Rich installed, whose traceback shows them).
     """
     import os
 
@@ -205,12 +228,16 @@ def configure_logging(
         add_trace_context,
     ]
     if json:
+        # Not structlog.processors.dict_tracebacks: its transformer shows locals by default.
+        tracebacks = ExceptionDictTransformer(show_locals=show_locals)
         processors += [
-            structlog.processors.dict_tracebacks,
+            structlog.processors.ExceptionRenderer(tracebacks),
             structlog.processors.JSONRenderer(),
         ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer())
+        processors.append(
+            structlog.dev.ConsoleRenderer(exception_formatter=_console_tracebacks(show_locals))
+        )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
