@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 from typing import Any
 
+import pytest
 import structlog
 from telemetry_kit import captured_structlog, instrumented
 
-from observable_tasks import TaskConfig, update_task_progress
-from observable_tasks.telemetry import configure_logging
+from observable_tasks import TaskConfig, TaskManager, TaskStatus, update_task_progress
+from observable_tasks.telemetry import TaskLogger, configure_logging
 
 log = structlog.get_logger("user")
 
@@ -138,8 +140,6 @@ def test_configure_logging_renders_json_with_trace_ids() -> None:
 
 
 def test_configure_logging_console_and_bad_level() -> None:
-    import pytest
-
     stream = io.StringIO()
     try:
         configure_logging(json=False, stream=stream, cache_loggers=False)
@@ -215,3 +215,91 @@ def test_console_renderer_prints_the_traceback_without_locals() -> None:
     assert "PermissionError: login refused for alice" in out
     assert "in leaky" in out
     assert "hunter2" not in out
+
+
+class _Reporters:
+    """Plain ``def`` tasks that report progress from their threads until released (so a
+    timed-out task's thread goes on reporting while the task ends), and a way to await
+    that every thread that started has stopped."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._live = 0
+        self._cond = threading.Condition()
+
+    def work(self, task_id: str) -> None:
+        with self._cond:
+            self._live += 1
+        try:
+            i = 0
+            while not self.release.is_set():
+                i += 1
+                update_task_progress(task_id, float(i % 101))
+        except LookupError:  # evicted from history: nothing more to report
+            pass
+        finally:
+            with self._cond:
+                self._live -= 1
+                self._cond.notify_all()
+
+    async def stopped(self) -> None:
+        self.release.set()
+
+        def wait() -> None:
+            with self._cond:
+                self._cond.wait_for(lambda: self._live == 0)
+
+        await asyncio.to_thread(wait)
+
+
+async def test_progress_state_of_sync_tasks_ending_while_their_threads_report_is_released() -> None:
+    """Timed-out sync tasks whose threads keep reporting progress while the task ends, over
+    several rounds: nothing is left behind once every thread has stopped."""
+    rounds, per_round = 5, 24
+    with instrumented(TaskConfig(max_concurrent_tasks=4, max_task_history=16)) as kit:
+        logger = kit.parts.logger
+        assert logger is not None
+        for _ in range(rounds):
+            reporters = _Reporters()
+            tasks = [
+                await kit.manager.create_task(reporters.work, timeout=0.02)
+                for _ in range(per_round)
+            ]
+            for task in tasks:
+                await kit.manager.wait_for_task(task.id)
+                assert logger.tracked_progress <= 1024
+            await reporters.stopped()
+            await asyncio.sleep(0)  # one loop turn: the threads' last checks were queued before
+            assert {t.status for t in tasks} == {TaskStatus.TIMEOUT}
+            assert logger.tracked_progress == 0
+
+
+async def test_progress_state_is_bounded_even_with_more_running_tasks() -> None:
+    logger = TaskLogger(structlog.testing.CapturingLogger(), max_tracked=4)
+    manager = TaskManager(TaskConfig(max_concurrent_tasks=20, shutdown_timeout=1.0))
+    manager.add_observer(logger)
+    manager.add_middleware(logger)
+    gate, all_reported = asyncio.Event(), asyncio.Event()
+    reported = 0
+
+    async def reports(task_id: str) -> None:
+        nonlocal reported
+        await update_task_progress(task_id, 50.0)
+        reported += 1
+        assert logger.tracked_progress <= 4
+        if reported == 20:
+            all_reported.set()
+        await gate.wait()
+
+    try:
+        tasks = [await manager.create_task(reports) for _ in range(20)]
+        await all_reported.wait()
+        assert logger.tracked_progress == 4
+        gate.set()
+        for task in tasks:
+            await manager.wait_for_task(task.id)
+        assert logger.tracked_progress == 0
+        with pytest.raises(ValueError, match="max_tracked"):
+            TaskLogger(max_tracked=0)
+    finally:
+        await manager.shutdown(timeout=1.0)
