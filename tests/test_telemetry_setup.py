@@ -83,6 +83,33 @@ def test_metrics_path_is_configurable_and_can_be_switched_off() -> None:
     assert registry.get_sample_value(created, {"task": "test_telemetry_setup.double"}) == 1
 
 
+async def triple(x: int) -> int:
+    return x * 3
+
+
+def test_max_task_labels_caps_the_task_label() -> None:
+    registry = CollectorRegistry()
+    app = NexiosApp()
+    manager = setup_tasks(app, registry=registry, tracing=False, logs=False, max_task_labels=1)
+
+    @app.post("/run")
+    async def run(request: Any, response: Any) -> Any:
+        for fn in (double, triple, triple):
+            task = await create_task(fn, 1)
+            await manager.wait_for_task(task.id)
+        return {}
+
+    with TestClient(app) as client:
+        assert client.post("/run").status_code == 200
+        scraped = client.get("/metrics").text
+    created = names.metric_name(names.TASKS_CREATED + "_total")
+    overflow = names.metric_name(names.LABEL_OVERFLOW + "_total")
+    assert registry.get_sample_value(created, {"task": "test_telemetry_setup.double"}) == 1
+    assert registry.get_sample_value(created, {"task": names.OVERFLOW_VALUE}) == 2
+    assert registry.get_sample_value(overflow, {"label": "task"}) == 1  # one function folded
+    assert "test_telemetry_setup.triple" not in scraped
+
+
 def test_each_part_can_be_switched_off() -> None:
     with captured_structlog() as logs:
         app, registry, exporter = make_app(tracing=False, logs=False)
