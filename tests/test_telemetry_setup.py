@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -175,6 +176,23 @@ def test_configure_tracing_reads_the_environment(monkeypatch: pytest.MonkeyPatch
 
     with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER"):
         configure_tracing(exporter="zipkin", set_global=False)
+
+
+def test_console_exporter_writes_one_json_line_per_span() -> None:
+    stream = io.StringIO()
+    provider = configure_tracing(exporter="console", set_global=False, console_stream=stream)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("parent", attributes={"k": "v"}):
+        for i in range(4):
+            with tracer.start_as_current_span(f"child-{i}"):
+                pass
+    provider.shutdown()  # flushes the batch
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 5
+    spans = [json.loads(line) for line in lines]
+    assert sorted(s["name"] for s in spans) == sorted(["parent", *(f"child-{i}" for i in range(4))])
+    (parent,) = [s for s in spans if s["name"] == "parent"]
+    assert parent["attributes"] == {"k": "v"}
 
 
 def test_nothing_is_configured_on_import() -> None:
