@@ -128,7 +128,19 @@ def _trace_requests(
             "trace_requests=True needs opentelemetry-instrumentation-asgi: "
             "pip install 'observable-tasks[asgi]'"
         ) from exc
-    options: dict[str, Any] = {"tracer_provider": tracer_provider}
+    import inspect
+
+    from observable_tasks.telemetry.http_spans import route_span_details
+
+    # Spans named by the route template ("GET /status/{task_id}", with http.route), not by
+    # the path, which holds ids: one name per route, as the HTTP conventions require.
+    options: dict[str, Any] = {
+        "tracer_provider": tracer_provider,
+        "default_span_details": route_span_details(app),
+    }
+    if "exclude_spans" in inspect.signature(OpenTelemetryMiddleware.__init__).parameters:
+        # No "http receive"/"http send" child span per ASGI message: noise, 3+ per request.
+        options["exclude_spans"] = ["receive", "send"]
     if metrics_path:
         # Scrapes every few seconds would otherwise fill the trace store with /metrics spans.
         options["excluded_urls"] = re.escape(metrics_path) + "$"

@@ -146,6 +146,47 @@ def test_trace_requests_gives_one_trace_request_send_process() -> None:
     assert {s.context.trace_id for s in (server, send, process)} == {server.context.trace_id}
 
 
+def test_request_spans_are_named_by_the_route_template_without_message_spans() -> None:
+    from nexios.routing import Router
+
+    app, _, exporter = make_app(trace_requests=True)
+
+    @app.get("/status/{task_id}")
+    async def status(request: Any, response: Any, task_id: str) -> Any:
+        return {"task_id": task_id}
+
+    api = Router(prefix="/api")
+
+    @api.get("/items/{item_id}")
+    async def item(request: Any, response: Any, item_id: str) -> Any:
+        return {"item_id": item_id}
+
+    app.mount_router(api)
+    with TestClient(app) as client:
+        ids = [client.post("/double").json()["task_id"] for _ in range(3)]
+        for task_id in ids:
+            assert client.get(f"/status/{task_id}").json() == {"task_id": task_id}
+        assert client.get("/api/items/42").status_code == 200
+        assert client.get("/no/such/path/123").status_code == 404
+    servers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    by_name: dict[str, list[Any]] = {}
+    for span in servers:
+        by_name.setdefault(span.name, []).append(span)
+    assert sorted((name, len(spans)) for name, spans in by_name.items()) == [
+        ("GET", 1),
+        ("GET /api/items/{item_id}", 1),
+        ("GET /status/{task_id}", 3),
+        ("POST /double", 3),
+    ]
+    for name, spans in by_name.items():
+        for span in spans:
+            route = name.partition(" ")[2]
+            assert span.attributes.get("http.route") == (route or None), name
+    # No "http receive"/"http send" children: the request spans and the tasks' own spans only.
+    kinds = sorted(s.kind.name for s in exporter.get_finished_spans())
+    assert kinds == ["CONSUMER"] * 3 + ["PRODUCER"] * 3 + ["SERVER"] * 8
+
+
 def test_configure_tracing_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SERVICE_NAME", "svc-from-env")
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
