@@ -303,3 +303,18 @@ async def test_progress_state_is_bounded_even_with_more_running_tasks() -> None:
             TaskLogger(max_tracked=0)
     finally:
         await manager.shutdown(timeout=1.0)
+
+
+async def test_above_info_progress_is_neither_logged_nor_tracked() -> None:
+    async def reports(task_id: str) -> None:
+        await update_task_progress(task_id, 50.0)
+        assert logger.tracked_progress == 0
+
+    with instrumented(TaskConfig(log_level="WARNING")) as kit:
+        logger = kit.parts.logger
+        assert logger is not None
+        task = await kit.manager.create_task(reports)
+        await kit.manager.wait_for_task(task.id)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.progress == 50.0
+        assert kit.events() == []

@@ -100,6 +100,8 @@ class TaskLogger(TelemetryPart):
     def observes(self, hook: str) -> bool:
         if hook == "on_evicted":
             return self._level <= _DEBUG  # its only use is a DEBUG line
+        if hook == "on_progress":
+            return self._level <= _INFO  # no progress line is logged: nothing to keep either
         return super().observes(hook)
 
     def on_cancelled_pending(self, task: Task) -> None:
