@@ -12,7 +12,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from observable_tasks.telemetry import names
-from observable_tasks.telemetry.logs import TaskLogger, add_trace_context, configure_logging
+from observable_tasks.telemetry.logs import (
+    TaskLogger,
+    add_trace_context,
+    capture_stdlib_logging,
+    configure_logging,
+)
 from observable_tasks.telemetry.metrics import LabelLimiter, TaskMetrics, is_multiprocess
 from observable_tasks.telemetry.otel import configure_tracing
 from observable_tasks.telemetry.pipeline import TelemetryPart, TelemetryPipeline
@@ -33,6 +38,7 @@ __all__ = [
     "TelemetryPart",
     "TelemetryPipeline",
     "add_trace_context",
+    "capture_stdlib_logging",
     "configure_logging",
     "configure_tracing",
     "instrument",
