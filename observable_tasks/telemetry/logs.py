@@ -26,7 +26,7 @@ from observable_tasks.telemetry.pipeline import TelemetryPart
 if TYPE_CHECKING:
     from observable_tasks.task import Task
 
-__all__ = ["TaskLogger", "add_trace_context", "configure_logging"]
+__all__ = ["TaskLogger", "add_trace_context", "capture_stdlib_logging", "configure_logging"]
 
 _F = LOG_FIELDS
 _get_running_loop = asyncio.events._get_running_loop  # None outside a loop, no exception
