@@ -1,0 +1,1 @@
+"""Storage backends for task records and queues (the core does not import them yet)."""
