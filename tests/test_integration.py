@@ -173,7 +173,7 @@ def test_lifespan_style_app_keeps_the_user_lifespan() -> None:
         events
         == [
             "user start, accepting=True",
-            "lifespan task completed 10",
+            "lifespan task COMPLETED 10",
             "user stop, accepting=True",  # the manager shuts down after the user's lifespan
         ]
         * 2
