@@ -18,7 +18,7 @@ import sys
 import time
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from observable_tasks._awaitable import Done
 from observable_tasks.config import TaskConfig
@@ -35,6 +35,9 @@ from observable_tasks.middleware import (
 )
 from observable_tasks.status import TaskStatus, check_transition
 from observable_tasks.task import Task, new_task_id
+
+if TYPE_CHECKING:
+    from observable_tasks.backends.redis.backend import RedisBackend
 
 __all__ = ["TaskManager", "TaskCallback", "check_progress", "check_timeout"]
 
@@ -150,6 +153,7 @@ class TaskManager:
         middleware: Iterable[TaskMiddleware] = (),
         observers: Iterable[TaskObserver] = (),
         clock: Callable[[], float] = time.monotonic,
+        backend: Any = None,
     ) -> None:
         # TaskManager(config), TaskManager(config=...), nexios-contrib's TaskManager(app, config).
         if isinstance(app, TaskConfig):
@@ -171,6 +175,15 @@ class TaskManager:
         """
         self._shutdown_hooked = False
         self.config = config if config is not None else TaskConfig()
+        # Where tasks live when not in this process (None: here, the memory backend). Imported
+        # lazily: the memory backend needs no Redis client.
+        self._remote: RedisBackend | None = None
+        if backend is not None and backend != "memory":
+            from observable_tasks.backends import resolve_backend
+
+            self._remote = resolve_backend(backend)
+            if self._remote is not None:
+                self._remote.bind(self)
         self._clock = clock
         self._middleware: list[tuple[str, TaskMiddleware]] = []
         self._chain: Callable[[Task], Awaitable[Any]] | None = None
@@ -251,6 +264,12 @@ class TaskManager:
             raise TaskManagerClosedError("cannot start a TaskManager while it is shutting down")
         self._bind(loop)
         self._set_state(_State.RUNNING)
+        if self._remote is not None:
+            try:
+                await self._remote.start()
+            except BaseException:
+                self._set_state(_State.CLOSED)
+                raise
         if self.app is not None and not self._shutdown_hooked:
             on_shutdown = getattr(self.app, "on_shutdown", None)
             if callable(on_shutdown):
@@ -267,6 +286,10 @@ class TaskManager:
             return
         self._set_state(_State.CLOSING)
         try:
+            if self._remote is not None:
+                # The queue's pending tasks are the cluster's: they stay. Ours finish or go back.
+                grace = self.config.shutdown_timeout if timeout is None else timeout
+                await self._remote.shutdown(grace)
             if self._cleanup_handle is not None:
                 self._cleanup_handle.cancel()
                 self._cleanup_handle = None
@@ -325,8 +348,46 @@ class TaskManager:
 
         The task is created when this is called (errors are raised right here), so the call
         also works un-awaited from a worker thread: ``manager.create_task(f).result()``.
+        On the Redis backend the record is written when awaited (the write is already under
+        way if it is not), and :class:`~observable_tasks.backends.TaskBackendError` says so at
+        once when Redis cannot be reached.
         """
+        if self._remote is not None:
+            return self._submit_remote(func, args, kwargs, name, timeout)
         return Done(self._submit(func, args, kwargs, name, timeout))
+
+    def _submit_remote(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+        timeout: float | None,
+    ) -> Done[Task]:
+        assert self._remote is not None
+        shape = check_call(func, args, kwargs)
+        if not self._accepting:
+            raise TaskManagerClosedError(
+                "the TaskManager is shutting down (or shut down) and accepts no new tasks"
+            )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        if timeout is None:
+            timeout = self.config.default_timeout
+        else:
+            check_timeout(timeout)
+        fn = shape.name
+        wall = time.time()  # a Redis task's times are wall clock, comparable across machines
+        task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, wall)
+        fields = self._remote.prepare(task, func, args, kwargs)  # refusals raise here, first
+        if self._listeners["on_submit"]:
+            self._notify("on_submit", task)  # e.g. the tracer adds its headers to the record
+        return self._remote.enqueue(task, fields, self._created)
+
+    def _created(self, task: Task) -> None:
+        # The backend accepted the task: only now is it counted and logged as created.
+        if self._listeners["on_created"]:
+            self._notify("on_created", task)
 
     def _submit(
         self,
@@ -363,6 +424,8 @@ class TaskManager:
         task_id = task.id
         self._tasks[task_id] = task
         self._jobs[task_id] = job
+        if self._listeners["on_submit"]:
+            self._notify("on_submit", task)
         if self._listeners["on_created"]:
             self._notify("on_created", task)
         if in_loop:
@@ -383,11 +446,34 @@ class TaskManager:
         return types.MappingProxyType(self._tasks)
 
     def get_task(self, task_id: str) -> Task | None:
-        """The task with this id, or ``None`` if unknown or evicted."""
+        """The task with this id, or ``None`` if unknown or evicted.
+
+        On the Redis backend this is a short blocking read (it is called without ``await`` on
+        the page); prefer :meth:`aget_task` in async code under load.
+        """
+        if self._remote is not None:
+            return self._remote.get_task(task_id)
         return self._tasks.get(task_id)
 
+    async def aget_task(self, task_id: str) -> Task | None:
+        """:meth:`get_task` that never blocks the event loop (any backend)."""
+        if self._remote is not None:
+            return await self._remote.aget_task(task_id)
+        return self._tasks.get(task_id)
+
+    async def alist_tasks(self, status: TaskStatus | str | None = None) -> list[Task]:
+        """:meth:`list_tasks` that never blocks the event loop (any backend)."""
+        if self._remote is not None:
+            return await self._remote.alist_tasks(None if status is None else TaskStatus(status))
+        return self.list_tasks(status)
+
     def list_tasks(self, status: TaskStatus | str | None = None) -> list[Task]:
-        """All known tasks in creation order, optionally only those with ``status``."""
+        """All known tasks in creation order, optionally only those with ``status``.
+
+        On the Redis backend: a short blocking read (see :meth:`alist_tasks`).
+        """
+        if self._remote is not None:
+            return self._remote.list_tasks(None if status is None else TaskStatus(status))
         tasks = list(self._tasks.values())
         if status is None:
             return tasks
@@ -405,7 +491,10 @@ class TaskManager:
         return len(self._pending)
 
     def running_tasks(self) -> list[Task]:
-        """Tasks executing now."""
+        """Tasks executing now (in this process)."""
+        if self._remote is not None:
+            worker = self._remote.worker
+            return worker.running() if worker is not None else []
         return [job.task for job in self._running_jobs()]
 
     def pending_tasks(self) -> list[Task]:
@@ -423,6 +512,8 @@ class TaskManager:
         """
         if timeout is not None:
             check_timeout(timeout, "wait_for_task() timeout")
+        if self._remote is not None:
+            return await self._remote.wait(task_id, timeout)
         job = self._jobs.get(task_id)
         if job is None:  # finished (or unknown): inlined _finished(), the common case when
             task = self._tasks.get(task_id)  # waiting for a batch one task after another
@@ -451,8 +542,11 @@ class TaskManager:
         """Cancel a pending or running task; True if it ended CANCELLED.
 
         A pending task is cancelled at once. A running one receives ``CancelledError`` and this
-        waits until it has unwound. Finished or unknown tasks: False.
+        waits until it has unwound. Finished or unknown tasks: False. On Redis this works from
+        any process: the process running the task cancels it.
         """
+        if self._remote is not None:
+            return await self._remote.cancel(task_id)
         job = self._jobs.get(task_id)
         if job is None:
             return False
@@ -480,6 +574,13 @@ class TaskManager:
         unknown id. Updates to a task that already finished are ignored.
         """
         check_progress(progress)
+        if self._remote is not None:
+            # Only the process running a task reports its progress; elsewhere it is ignored.
+            if not self._remote.progress(task_id, float(progress)) and (
+                self._remote.get_task(task_id) is None
+            ):
+                raise TaskNotFoundError(task_id)
+            return
         job = self._jobs.get(task_id)
         if job is None or job.task.is_done:
             self._finished(task_id)  # unknown ids raise; late updates to finished tasks are no-ops
@@ -494,6 +595,13 @@ class TaskManager:
         and changes nothing about the task.
         """
         task_id = task.id if isinstance(task, Task) else task
+        if self._remote is not None:
+            if not callable(callback):
+                raise TypeError(f"callback must be callable, got {callback!r}")
+            waiting = asyncio.ensure_future(self._call_when_done(task_id, callback))
+            self._background.add(waiting)
+            waiting.add_done_callback(self._callback_done)
+            return
         job = self._jobs.get(task_id)
         found = job.task if job is not None else self._finished(task_id)
         if not callable(callback):
@@ -504,6 +612,10 @@ class TaskManager:
             if job.callbacks is None:
                 job.callbacks = []
             job.callbacks.append(callback)
+
+    async def _call_when_done(self, task_id: str, callback: TaskCallback) -> None:
+        finished = await self.wait_for_task(task_id)
+        self._run_callback(callback, finished)
 
     def remove_callback(self, task: Task | str, callback: TaskCallback) -> bool:
         """Remove a callback added with :meth:`add_callback`; False if it was not there."""
@@ -638,6 +750,9 @@ class TaskManager:
             result = await self._invoke(job)
         except BaseException as exc:
             error = self._failure(job, exc)
+            # The outcome is recorded before the middleware sees it: task.status is final when
+            # call_next returns or raises (as on the Redis backend, where this is a write).
+            self._finish(job)
             if error is exc:
                 raise
             raise error from None
@@ -645,6 +760,7 @@ class TaskManager:
             if handle is not None:
                 handle.cancel()
         job.record(result)
+        self._finish(job)
         return result
 
     def _arm_timeout(self, job: _Job) -> asyncio.TimerHandle | None:
@@ -802,6 +918,11 @@ class TaskManager:
             exc,
             exc_info=exc,
         )
+
+    @property
+    def backend(self) -> RedisBackend | None:
+        """The Redis backend in use, or ``None`` for the memory backend (the default)."""
+        return self._remote
 
     def __repr__(self) -> str:
         return (

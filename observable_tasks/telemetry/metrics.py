@@ -25,7 +25,7 @@ from observable_tasks.middleware import outcome_status
 from observable_tasks.status import TaskStatus
 from observable_tasks.telemetry import names
 from observable_tasks.telemetry._common import error_type
-from observable_tasks.telemetry.pipeline import TelemetryPart
+from observable_tasks.telemetry.pipeline import AttemptAbandoned, TelemetryPart
 
 if TYPE_CHECKING:
     from observable_tasks.manager import TaskManager
@@ -295,6 +295,8 @@ class TaskMetrics(TelemetryPart):
             bound.duration[_COMPLETED].observe(elapsed)
             bound.last_success.set(time.time())
             return
+        if isinstance(error, AttemptAbandoned):
+            return  # no outcome (released, or taken over by another worker): nothing to count
         status = names.STATUS_LABELS[outcome_status(error).value]
         bound.finished[status].inc()
         bound.duration[status].observe(elapsed)

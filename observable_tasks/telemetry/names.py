@@ -28,6 +28,7 @@ __all__ = [
     "OVERFLOW_VALUE",
     "FINISHED_STATUSES",
     "STATUS_LABELS",
+    "RELEASED",
     "metric_name",
     "exported_names",
     "DURATION_BUCKETS",
@@ -102,6 +103,9 @@ STATUS_LABELS: dict[str, str] = {
     "TIMEOUT": "timeout",
 }
 """``TaskStatus`` value -> the label value used in metrics, log lines and span attributes."""
+RELEASED = "released"
+"""Status attribute/field of an attempt that ended without an outcome (Redis backend: handed
+back to the queue at shutdown, or taken over by another worker after its lease)."""
 
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -168,6 +172,7 @@ LOG_EVENTS = {
     "cancelled": "task.cancelled",
     "progress": "task.progress",
     "evicted": "task.evicted",
+    "released": "task.released",
 }
 """structlog event names, keyed by what happened."""
 
