@@ -81,7 +81,7 @@ async def run(url: str, n: int, events_maxlen: int, batch: int) -> dict[str, Any
     t_enqueue = time.perf_counter() - t0
     claims = 0
     result = JSON.dumps({"status": "sent", "message_id": "abc123"})
-    while got := await scripts.claim("bench-worker", count=batch, lease_ms=30_000):
+    while got := (await scripts.claim("bench-worker", count=batch, lease_ms=30_000)).started:
         claims += 1
         await asyncio.gather(
             *(
