@@ -428,3 +428,16 @@ async def test_reclaim_reaches_expired_entries_behind_many_live_ones(scripts: Sc
     for _ in range(12):
         got += [c.id for c in (await scripts.claim("w3", count=1, lease_ms=100)).started]
     assert sorted(got) == sorted(c.id for c in dead)
+
+
+async def test_events_stream_is_capped_and_can_be_off(r: aioredis.Redis) -> None:
+    capped = Scripts(r, K, events_maxlen=10)
+    for i in range(300):
+        await add(capped, f"t{i}")
+    # MAXLEN ~ trims whole stream nodes (100 entries each): bounded, not exact
+    assert 10 <= await r.xlen(K.events) <= 110
+    (_, last), *_ = await r.xrevrange(K.events, count=1)
+    assert (last[b"id"], last[b"event"], last[b"status"]) == (b"t299", b"created", b"PENDING")
+    await r.delete(K.events)
+    await add(Scripts(r, K, events_maxlen=0), "quiet")
+    assert await r.exists(K.events) == 0
