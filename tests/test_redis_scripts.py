@@ -115,6 +115,14 @@ async def test_blocking_read_then_start(scripts: Scripts) -> None:
     assert (c.id, c.attempt) == ("t1", 1)
 
 
+async def test_blocking_read_recreates_a_lost_group(r: aioredis.Redis, scripts: Scripts) -> None:
+    await scripts.ensure_group()
+    await r.flushall()  # as after a restart without persistence
+    assert await scripts.read("w1", count=5, block_ms=10) == Batch()
+    await add(scripts, "t1")
+    assert [c.id for c in (await scripts.read("w1", count=5, block_ms=10)).started] == ["t1"]
+
+
 async def test_reclaim_after_lease_fences_the_first_worker(
     r: aioredis.Redis, scripts: Scripts
 ) -> None:

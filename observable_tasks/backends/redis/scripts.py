@@ -170,10 +170,19 @@ class Scripts:
         return Batch._from_reply(await self._run("start", [self.keys.stream], args))
 
     async def read(self, worker: str, *, count: int, block_ms: int) -> Batch:
-        """Wait up to ``block_ms`` for new entries (XREADGROUP BLOCK), then START them."""
-        reply: Any = await self.client.xreadgroup(
-            GROUP, worker, {self.keys.stream: ">"}, count=count, block=block_ms
-        )
+        """Wait up to ``block_ms`` for new entries (XREADGROUP BLOCK), then START them.
+
+        A missing stream/group (Redis restarted empty) is created again; that read is empty.
+        """
+        try:
+            reply: Any = await self.client.xreadgroup(
+                GROUP, worker, {self.keys.stream: ">"}, count=count, block=block_ms
+            )
+        except aioredis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()  # Redis lost its data (restart without persistence)
+            return Batch()
         entries: list[tuple[str, str]] = []
         for _stream, messages in reply or []:
             for msg_id, data in messages:
