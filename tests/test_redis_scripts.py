@@ -16,6 +16,7 @@ from redis_server import RedisServer, redis_server_available
 from observable_tasks import TaskStatus
 from observable_tasks.backends.redis import (
     GROUP,
+    Batch,
     FunctionNotAllowedError,
     FunctionPolicy,
     JsonSerializer,
@@ -79,7 +80,7 @@ async def test_enqueue_then_claim_gives_attempt_1(r: aioredis.Redis, scripts: Sc
     assert await r.zscore(K.idx, "t1") == pytest.approx(rec.created)
     assert await scripts.enqueue("t1", {"func": "x:y"}) is None  # the id exists
 
-    (c,) = await scripts.claim("w1", count=10, lease_ms=30_000)
+    (c,) = (await scripts.claim("w1", count=10, lease_ms=30_000)).started
     assert (c.id, c.attempt, c.func, c.name, c.timeout, c.msg) == (
         "t1", 1, "myapp.tasks:work", "job", 5.0, msg
     )  # fmt: skip
@@ -89,7 +90,7 @@ async def test_enqueue_then_claim_gives_attempt_1(r: aioredis.Redis, scripts: Sc
     assert (rec.status, rec.attempts, rec.worker) == (TaskStatus.RUNNING, 1, "w1")
     assert rec.started is not None
     assert rec.started >= (rec.created or 0)
-    assert await scripts.claim("w2", count=10, lease_ms=30_000) == []
+    assert (await scripts.claim("w2", count=10, lease_ms=30_000)).started == []
     kinds = [f[b"event"] for _, f in await r.xrange(K.events)]
     assert kinds == [b"created", b"started"]
 
@@ -97,8 +98,8 @@ async def test_enqueue_then_claim_gives_attempt_1(r: aioredis.Redis, scripts: Sc
 async def test_claim_respects_count_and_order(scripts: Scripts) -> None:
     for i in range(5):
         await add(scripts, f"t{i}")
-    first = await scripts.claim("w1", count=2, lease_ms=30_000)
-    rest = await scripts.claim("w1", count=10, lease_ms=30_000)
+    first = (await scripts.claim("w1", count=2, lease_ms=30_000)).started
+    rest = (await scripts.claim("w1", count=10, lease_ms=30_000)).started
     assert [c.id for c in first] == ["t0", "t1"]
     assert [c.id for c in rest] == ["t2", "t3", "t4"]
 
@@ -107,21 +108,29 @@ async def test_blocking_read_then_start(scripts: Scripts) -> None:
     await scripts.ensure_group()
     await scripts.ensure_group()  # idempotent
     t0 = time.monotonic()
-    assert await scripts.read("w1", count=5, block_ms=100) == []
+    assert (await scripts.read("w1", count=5, block_ms=100)).started == []
     assert time.monotonic() - t0 >= 0.09
     await add(scripts, "t1")
-    (c,) = await scripts.read("w1", count=5, block_ms=100)
+    (c,) = (await scripts.read("w1", count=5, block_ms=100)).started
     assert (c.id, c.attempt) == ("t1", 1)
+
+
+async def test_blocking_read_recreates_a_lost_group(r: aioredis.Redis, scripts: Scripts) -> None:
+    await scripts.ensure_group()
+    await r.flushall()  # as after a restart without persistence
+    assert await scripts.read("w1", count=5, block_ms=10) == Batch()
+    await add(scripts, "t1")
+    assert [c.id for c in (await scripts.read("w1", count=5, block_ms=10)).started] == ["t1"]
 
 
 async def test_reclaim_after_lease_fences_the_first_worker(
     r: aioredis.Redis, scripts: Scripts
 ) -> None:
     await add(scripts, "t1", max_attempts=3)
-    (c1,) = await scripts.claim("w1", count=1, lease_ms=100)
-    assert await scripts.claim("w2", count=1, lease_ms=100) == []  # lease not over yet
+    (c1,) = (await scripts.claim("w1", count=1, lease_ms=100)).started
+    assert (await scripts.claim("w2", count=1, lease_ms=100)).started == []  # lease not over yet
     await asyncio.sleep(0.15)  # w1 "died": no renew
-    (c2,) = await scripts.claim("w2", count=1, lease_ms=100)
+    (c2,) = (await scripts.claim("w2", count=1, lease_ms=100)).started
     assert (c2.id, c2.attempt) == ("t1", 2)
     # the stale worker is refused everywhere
     assert await scripts.progress("t1", c1.attempt, "w1", 50.0) == -1
@@ -140,12 +149,12 @@ async def test_reclaim_after_lease_fences_the_first_worker(
 
 async def test_renew_keeps_a_task_from_being_reclaimed(r: aioredis.Redis, scripts: Scripts) -> None:
     await add(scripts, "t1")
-    (c,) = await scripts.claim("w1", count=1, lease_ms=100)
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=100)).started
     for _ in range(6):  # 0.3 s, three leases
         await asyncio.sleep(0.05)
         renewed = await scripts.renew("w1", [(c.id, c.attempt)], lease_ms=100)
         assert (renewed.lost, renewed.cancel_requested) == ([], [])
-        assert await scripts.claim("w2", count=1, lease_ms=100) == []
+        assert (await scripts.claim("w2", count=1, lease_ms=100)).started == []
     assert 0 < await r.pttl(K.worker("w1")) <= 100
     assert await r.zscore(K.workers, "w1") == pytest.approx(time.time(), abs=5)
     assert (await record(r, "t1")).attempts == 1
@@ -165,7 +174,7 @@ async def test_cancel_pending(r: aioredis.Redis, scripts: Scripts) -> None:
     assert rec.status is TaskStatus.CANCELLED
     assert rec.finished is not None
     assert await r.xlen(K.stream) == 0
-    assert await scripts.claim("w1", count=1, lease_ms=1000) == []
+    assert (await scripts.claim("w1", count=1, lease_ms=1000)).started == []
     assert await scripts.cancel("t1") is None
     assert await scripts.cancel("nope") is None
 
@@ -178,14 +187,14 @@ async def test_cancel_pending_entry_already_read_is_skipped(
     reply = await r.xreadgroup(GROUP, "w1", {K.stream: ">"}, count=1)
     (msg_id, _fields) = reply[0][1][0]
     assert await scripts.cancel("t1") == "cancelled"
-    assert await scripts.start("w1", [("t1", msg_id.decode())]) == []
+    assert await scripts.start("w1", [("t1", msg_id.decode())]) == Batch()
     assert (await r.xpending(K.stream, GROUP))["pending"] == 0
     assert (await record(r, "t1")).attempts == 0
 
 
 async def test_cancel_running(r: aioredis.Redis, scripts: Scripts) -> None:
     await add(scripts, "t1")
-    (c,) = await scripts.claim("w1", count=1, lease_ms=30_000)
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
     pubsub = r.pubsub()
     await pubsub.subscribe(K.cancel_channel)
     await pubsub.get_message(timeout=1)
@@ -212,7 +221,8 @@ async def test_cancel_flag_of_a_lost_worker_is_honoured_on_reclaim(
     await scripts.claim("w1", count=1, lease_ms=50)
     assert await scripts.cancel("t1") == "running"
     await asyncio.sleep(0.1)  # w1 died before acting on it
-    assert await scripts.claim("w2", count=1, lease_ms=50) == []
+    batch = await scripts.claim("w2", count=1, lease_ms=50)
+    assert (batch.started, batch.ended) == ([], [("t1", TaskStatus.CANCELLED)])
     assert (await record(r, "t1")).status is TaskStatus.CANCELLED
     assert await r.xlen(K.stream) == 0
 
@@ -221,11 +231,12 @@ async def test_max_attempts_exceeded_fails_with_worker_lost(
     r: aioredis.Redis, scripts: Scripts
 ) -> None:
     await add(scripts, "t1", max_attempts=2)
-    assert [c.attempt for c in await scripts.claim("w1", count=1, lease_ms=50)] == [1]
+    assert [c.attempt for c in (await scripts.claim("w1", count=1, lease_ms=50)).started] == [1]
     await asyncio.sleep(0.08)
-    assert [c.attempt for c in await scripts.claim("w2", count=1, lease_ms=50)] == [2]
+    assert [c.attempt for c in (await scripts.claim("w2", count=1, lease_ms=50)).started] == [2]
     await asyncio.sleep(0.08)
-    assert await scripts.claim("w3", count=1, lease_ms=50) == []
+    batch = await scripts.claim("w3", count=1, lease_ms=50)
+    assert (batch.started, batch.ended) == ([], [("t1", TaskStatus.FAILED)])
     rec = await record(r, "t1")
     assert rec.status is TaskStatus.FAILED
     assert rec.error is not None
@@ -241,7 +252,7 @@ async def test_release_gives_the_task_back_without_using_an_attempt(
     r: aioredis.Redis, scripts: Scripts
 ) -> None:
     old = await add(scripts, "t1")
-    (c,) = await scripts.claim("w1", count=1, lease_ms=30_000)
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
     await scripts.renew("w1", [(c.id, c.attempt)], lease_ms=30_000)
     assert await scripts.release("w1", [(c.id, c.attempt), ("unknown", 1)]) == 1
     rec = await record(r, "t1")
@@ -254,7 +265,7 @@ async def test_release_gives_the_task_back_without_using_an_attempt(
     assert await r.exists(K.worker("w1")) == 0
     assert await r.zscore(K.workers, "w1") is None
     assert not await scripts.finish("t1", c.attempt, "w1", TaskStatus.COMPLETED)
-    (again,) = await scripts.claim("w2", count=1, lease_ms=30_000)
+    (again,) = (await scripts.claim("w2", count=1, lease_ms=30_000)).started
     assert (again.id, again.attempt) == ("t1", 1)
 
 
@@ -266,7 +277,7 @@ async def test_finish_keeps_the_stream_empty_and_applies_the_ttl(
         await asyncio.gather(*(add(scripts, f"t{i}", ttl=60.0) for i in range(start, start + 100)))
     assert await r.xlen(K.stream) == n
     finished = 0
-    while claimed := await scripts.claim("w1", count=100, lease_ms=30_000):
+    while claimed := (await scripts.claim("w1", count=100, lease_ms=30_000)).started:
         oks = await asyncio.gather(
             *(scripts.finish(c.id, c.attempt, "w1", TaskStatus.COMPLETED) for c in claimed)
         )
@@ -284,7 +295,7 @@ async def test_ttl_expiry_then_sweep_cleans_the_indexes(
     r: aioredis.Redis, scripts: Scripts
 ) -> None:
     await add(scripts, "t1", ttl=0.1)
-    (c,) = await scripts.claim("w1", count=1, lease_ms=30_000)
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
     pubsub = r.pubsub()
     await pubsub.subscribe(K.done_channel("t1"))
     await pubsub.get_message(timeout=1)
@@ -305,7 +316,7 @@ async def test_max_history_evicts_the_oldest(r: aioredis.Redis) -> None:
     s = Scripts(r, K, max_history=3)
     for i in range(5):
         await add(s, f"t{i}")
-        (c,) = await s.claim("w1", count=1, lease_ms=30_000)
+        (c,) = (await s.claim("w1", count=1, lease_ms=30_000)).started
         assert await s.finish(c.id, c.attempt, "w1", TaskStatus.COMPLETED)
     assert [await r.exists(K.task(f"t{i}")) for i in range(5)] == [0, 0, 1, 1, 1]
     assert await r.zrange(K.done, 0, -1) == [b"t2", b"t3", b"t4"]
@@ -337,7 +348,7 @@ async def test_a_record_naming_os_system_is_refused_and_recorded_failed(
     r: aioredis.Redis, scripts: Scripts
 ) -> None:
     await add(scripts, "evil", func="os:system", args=["echo pwned"], kwargs={})
-    (c,) = await scripts.claim("w1", count=1, lease_ms=30_000)
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
     policy = FunctionPolicy(allow_modules=["myapp"])
     with pytest.raises(FunctionNotAllowedError, match="not allowed") as info:
         policy.resolve(c.func)
@@ -354,7 +365,7 @@ async def test_scripts_survive_script_flush(r: aioredis.Redis, scripts: Scripts)
     await add(scripts, "t1")
     await r.script_flush()
     await add(scripts, "t2")  # NOSCRIPT -> EVAL fallback
-    assert len(await scripts.claim("w1", count=5, lease_ms=1000)) == 2
+    assert len((await scripts.claim("w1", count=5, lease_ms=1000)).started) == 2
 
 
 async def test_finish_rejects_a_non_terminal_status(scripts: Scripts) -> None:
@@ -383,14 +394,14 @@ async def test_state_survives_a_redis_crash_with_aof(tmp_path: Path) -> None:
         s = Scripts(client, K)
         await add(s, "t1", max_attempts=3)
         await add(s, "t2")
-        (c,) = await s.claim("w1", count=1, lease_ms=100)
+        (c,) = (await s.claim("w1", count=1, lease_ms=100)).started
         srv.restart(kill=True)  # SIGKILL: script cache and connections are gone
         await client.aclose()
         client = connect(srv.url)
         s = Scripts(client, K)
         assert decode_record(await client.hgetall(K.task("t1"))).status is TaskStatus.RUNNING
         await asyncio.sleep(0.15)
-        got = {x.id: x.attempt for x in await s.claim("w2", count=5, lease_ms=100)}
+        got = {x.id: x.attempt for x in (await s.claim("w2", count=5, lease_ms=100)).started}
         assert got == {"t1": 2, "t2": 1}
         assert not await s.finish("t1", c.attempt, "w1", TaskStatus.COMPLETED)
         assert await s.finish("t1", 2, "w2", TaskStatus.COMPLETED)
@@ -403,8 +414,38 @@ async def test_default_is_at_most_once(r: aioredis.Redis, scripts: Scripts) -> N
     await add(scripts, "t1")  # max_attempts defaults to 1
     await scripts.claim("w1", count=1, lease_ms=50)
     await asyncio.sleep(0.08)
-    assert await scripts.claim("w2", count=1, lease_ms=50) == []
+    assert (await scripts.claim("w2", count=1, lease_ms=50)).started == []
     rec = await record(r, "t1")
     assert rec.status is TaskStatus.FAILED
     assert rec.error is not None
     assert rec.error["code"] == "WORKER_LOST"
+
+
+async def test_reclaim_reaches_expired_entries_behind_many_live_ones(scripts: Scripts) -> None:
+    # XAUTOCLAIM scans COUNT*10 pending entries per call: the cursor makes claims round-robin
+    for i in range(30):
+        await add(scripts, f"t{i:02}", max_attempts=5)
+    live = (await scripts.claim("w1", count=25, lease_ms=100)).started
+    dead = (await scripts.claim("w2", count=5, lease_ms=100)).started
+    for _ in range(4):
+        await asyncio.sleep(0.05)
+        assert (
+            await scripts.renew("w1", [(c.id, c.attempt) for c in live], lease_ms=100)
+        ).lost == []
+    got: list[str] = []
+    for _ in range(12):
+        got += [c.id for c in (await scripts.claim("w3", count=1, lease_ms=100)).started]
+    assert sorted(got) == sorted(c.id for c in dead)
+
+
+async def test_events_stream_is_capped_and_can_be_off(r: aioredis.Redis) -> None:
+    capped = Scripts(r, K, events_maxlen=10)
+    for i in range(300):
+        await add(capped, f"t{i}")
+    # MAXLEN ~ trims whole stream nodes (100 entries each): bounded, not exact
+    assert 10 <= await r.xlen(K.events) <= 110
+    (_, last), *_ = await r.xrevrange(K.events, count=1)
+    assert (last[b"id"], last[b"event"], last[b"status"]) == (b"t299", b"created", b"PENDING")
+    await r.delete(K.events)
+    await add(Scripts(r, K, events_maxlen=0), "quiet")
+    assert await r.exists(K.events) == 0

@@ -17,10 +17,11 @@ from .codec import (
 )
 from .keys import GROUP, Keys
 from .records import TaskRecord, decode_record, encode_record
-from .scripts import Claimed, Renewed, Scripts
+from .scripts import Batch, Claimed, Renewed, Scripts
 
 __all__ = [
     "GROUP",
+    "Batch",
     "Claimed",
     "FunctionNotAllowedError",
     "FunctionPolicy",

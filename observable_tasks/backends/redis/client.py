@@ -61,4 +61,9 @@ def redact(url: str) -> str:
         query = urlencode(
             [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*"
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    out = (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        if "://" in url
+        else urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    )
+    return out + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")

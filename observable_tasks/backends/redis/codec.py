@@ -95,7 +95,10 @@ def _why_not_portable(func: Any) -> str | None:
     if func.__name__ == "<lambda>":
         return "it is a lambda (define it with def at module level)"
     if "<locals>" in qualname:
-        return "it is defined inside another function (move it to module level)"
+        return (
+            "it is defined inside another function (move it to module level; a decorator "
+            "must keep the function's name with functools.wraps)"
+        )
     if func.__module__ in (None, "__main__"):
         return "it is defined in __main__ (other processes cannot import it; move it to a module)"
     return None

@@ -74,6 +74,15 @@ class Keys:
         return f"{self.base}done:{task_id}"
 
     @property
+    def reclaim_cursor(self) -> str:
+        """String: where the next XAUTOCLAIM scan of the pending list starts.
+
+        XAUTOCLAIM looks at most COUNT*10 pending entries per call; always starting at ``0-0``
+        would never reach expired entries behind many live ones, so claims go round-robin.
+        """
+        return self.base + "reclaim"
+
+    @property
     def events(self) -> str:
         """Capped Stream of task events (created/started/progress/finished) for a live console."""
         return self.base + "events"
@@ -90,4 +99,5 @@ class Keys:
             self.cancel_channel,
             self.done_channel(task_id),
             self.events,
+            self.reclaim_cursor,
         ]

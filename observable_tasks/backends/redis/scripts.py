@@ -19,7 +19,7 @@ from redis.commands.core import AsyncScript
 from ...status import TaskStatus
 from .keys import GROUP, Keys
 
-__all__ = ["SCRIPT_NAMES", "Claimed", "Renewed", "Scripts", "script_source"]
+__all__ = ["SCRIPT_NAMES", "Batch", "Claimed", "Renewed", "Scripts", "script_source"]
 
 SCRIPT_NAMES = (
     "enqueue", "claim", "start", "progress", "finish", "cancel", "renew", "release", "sweep"
@@ -69,6 +69,26 @@ class Claimed:
             created=float(row[6]) if row[6] else None,
             name=_s(row[7]) if row[7] is not None else "",
             msg=_s(row[8]) if row[8] is not None else "",
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a claim/start/read gave: tasks to run, and tasks START ended itself.
+
+    ``ended`` holds ``(id, status)`` of tasks found with a cancel request (CANCELLED) or with
+    their attempts used up (FAILED, error code WORKER_LOST): the caller counts those outcomes.
+    """
+
+    started: list[Claimed] = field(default_factory=list)
+    ended: list[tuple[str, TaskStatus]] = field(default_factory=list)
+
+    @classmethod
+    def _from_reply(cls, reply: Sequence[Any]) -> Batch:
+        rows, ended = reply
+        return cls(
+            [Claimed._from_reply(r) for r in rows],
+            [(_s(i), TaskStatus(_s(st))) for i, st in ended],
         )
 
 
@@ -132,29 +152,37 @@ class Scripts:
         msg = await self._run("enqueue", [k.stream, k.task(task_id), k.idx], args)
         return None if msg is None else _s(msg)
 
-    async def claim(self, worker: str, *, count: int, lease_ms: int) -> list[Claimed]:
+    async def claim(self, worker: str, *, count: int, lease_ms: int) -> Batch:
         """Without blocking: up to ``count`` tasks, reclaimed (idle > lease) first, then new."""
         args: list[FieldValue] = [
             self._p, worker, lease_ms, count, self.max_history, self.events_maxlen
         ]  # fmt: skip
-        rows = await self._run("claim", [self.keys.stream], args)
-        return [Claimed._from_reply(r) for r in rows]
+        k = self.keys
+        return Batch._from_reply(await self._run("claim", [k.stream, k.reclaim_cursor], args))
 
-    async def start(self, worker: str, entries: Iterable[tuple[str, str]]) -> list[Claimed]:
+    async def start(self, worker: str, entries: Iterable[tuple[str, str]]) -> Batch:
         """START the ``(task id, entry id)`` pairs a blocking XREADGROUP delivered to ``worker``."""
         args: list[FieldValue] = [self._p, worker, self.max_history, self.events_maxlen]
         for task_id, msg in entries:
             args += [task_id, msg]
         if len(args) == 4:
-            return []
-        rows = await self._run("start", [self.keys.stream], args)
-        return [Claimed._from_reply(r) for r in rows]
+            return Batch()
+        return Batch._from_reply(await self._run("start", [self.keys.stream], args))
 
-    async def read(self, worker: str, *, count: int, block_ms: int) -> list[Claimed]:
-        """Wait up to ``block_ms`` for new entries (XREADGROUP BLOCK), then START them."""
-        reply: Any = await self.client.xreadgroup(
-            GROUP, worker, {self.keys.stream: ">"}, count=count, block=block_ms
-        )
+    async def read(self, worker: str, *, count: int, block_ms: int) -> Batch:
+        """Wait up to ``block_ms`` for new entries (XREADGROUP BLOCK), then START them.
+
+        A missing stream/group (Redis restarted empty) is created again; that read is empty.
+        """
+        try:
+            reply: Any = await self.client.xreadgroup(
+                GROUP, worker, {self.keys.stream: ">"}, count=count, block=block_ms
+            )
+        except aioredis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()  # Redis lost its data (restart without persistence)
+            return Batch()
         entries: list[tuple[str, str]] = []
         for _stream, messages in reply or []:
             for msg_id, data in messages:

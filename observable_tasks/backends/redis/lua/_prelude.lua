@@ -1,8 +1,8 @@
 -- Shared helpers, prepended by scripts.py to every script (one copy of the START and
 -- "terminate" logic for claim.lua, start.lua, finish.lua and cancel.lua).
 -- Key layout (keep in step with keys.py): P = '<prefix>:{<queue>}:'; P..'stream', P..'t:'..id,
--- P..'idx', P..'done', P..'events', P..'w:'..worker, P..'workers', channels P..'cancel' and
--- P..'done:'..id. Per-task keys are built here from P; they share P's hash tag, so they live in
+-- P..'idx', P..'done', P..'events', P..'reclaim', P..'w:'..worker, P..'workers', channels
+-- P..'cancel' and P..'done:'..id. Per-task keys are built here from P; they share P's hash tag, so they live in
 -- the slot of the declared keys (Redis Cluster runs such scripts).
 local GROUP = 'workers'
 local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, TIMEOUT = true}
@@ -69,8 +69,10 @@ local function worker_lost_error(attempts, last_worker)
   })
 end
 
--- START one delivered entry (id, msg) for worker `me`; appends what the worker needs to `out`.
-local function start_one(P, id, msg, me, now, out, max_history, maxlen)
+-- START one delivered entry (id, msg) for worker `me`; appends what the worker needs to `out`,
+-- and {id, status} to `ended` when START itself ends the task (cancel flag, attempts used up),
+-- so that the caller can count that outcome.
+local function start_one(P, id, msg, me, now, out, ended, max_history, maxlen)
   local key = P .. 't:' .. id
   local r = redis.call('HMGET', key, 'status', 'cancel', 'max_attempts', 'msg', 'worker')
   local status = r[1]
@@ -81,6 +83,7 @@ local function start_one(P, id, msg, me, now, out, max_history, maxlen)
   end
   if r[2] == '1' then
     terminate(P, id, 'CANCELLED', now, {}, msg, max_history, maxlen)
+    ended[#ended + 1] = {id, 'CANCELLED'}
     return
   end
   local attempts = redis.call('HINCRBY', key, 'attempts', 1)
@@ -88,6 +91,7 @@ local function start_one(P, id, msg, me, now, out, max_history, maxlen)
   if attempts > max_attempts then
     terminate(P, id, 'FAILED', now, {'error', worker_lost_error(attempts, r[5])}, msg,
       max_history, maxlen)
+    ended[#ended + 1] = {id, 'FAILED'}
     return
   end
   redis.call('HSET', key, 'status', 'RUNNING', 'worker', me, 'started', fmt(now))

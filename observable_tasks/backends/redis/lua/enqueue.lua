@@ -1,4 +1,4 @@
--- ENQUEUE a new task. KEYS: none used beyond the declared ones (1 stream, 2 task hash, 3 idx).
+-- ENQUEUE a new task. KEYS: 1 stream, 2 task hash, 3 idx (declared for Cluster routing).
 -- ARGV: P, id, events_maxlen, then field/value pairs of the record (see records.py).
 -- Sets status PENDING (and `created` from the server clock when not given), XADDs the id,
 -- stores the entry id in `msg`, indexes the task and emits a `created` event.
