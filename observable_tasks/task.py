@@ -45,6 +45,7 @@ class Task:
     """
 
     __slots__ = (
+        "__weakref__",  # the Redis backend keeps the Task objects it handed out, weakly
         "_headers",
         "_mono_created",
         "_mono_finished",

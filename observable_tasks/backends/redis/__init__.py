@@ -6,6 +6,7 @@ Nothing in the core imports this package yet; a manager-side queue/lease loop is
 
 from __future__ import annotations
 
+from .backend import BACKEND_ENV, RedisBackend, RemoteTaskError, TaskBackendError
 from .client import connect, redact
 from .codec import (
     FunctionNotAllowedError,
@@ -20,6 +21,10 @@ from .records import TaskRecord, decode_record, encode_record
 from .scripts import Batch, Claimed, Renewed, Scripts
 
 __all__ = [
+    "BACKEND_ENV",
+    "RedisBackend",
+    "RemoteTaskError",
+    "TaskBackendError",
     "GROUP",
     "Batch",
     "Claimed",

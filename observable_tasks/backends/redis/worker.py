@@ -103,9 +103,10 @@ class Worker:
         self._stopping = True
         self._free.set()
         if self._claiming is not None:
-            done, _ = await asyncio.wait({self._claiming}, timeout=self._block_ms / 1000 + 1)
-            if not done:
-                self._claiming.cancel()
+            # Also interrupts a blocking read: an entry it was being handed stays pending for
+            # this worker and is taken over by another one after the lease (at-least-once).
+            self._claiming.cancel()
+            await asyncio.wait({self._claiming}, timeout=1.0)
         running = {job.aio: job for job in self._jobs.values() if job.aio is not None}
         late: set[asyncio.Task[Any]] = set()
         if running:
@@ -183,9 +184,9 @@ class Worker:
                 await self._free.wait()
                 continue
             try:
-                claimed = await self.scripts.claim(self.id, count=free, lease_ms=self._lease_ms)
-                if not claimed and not self._stopping:
-                    claimed = await self.scripts.read(self.id, count=free, block_ms=self._block_ms)
+                batch = await self.scripts.claim(self.id, count=free, lease_ms=self._lease_ms)
+                if not batch.started and not batch.ended and not self._stopping:
+                    batch = await self.scripts.read(self.id, count=free, block_ms=self._block_ms)
             except RedisError as exc:
                 if not self._outage_logged:
                     logger.warning(
@@ -200,8 +201,12 @@ class Worker:
                 logger.warning("observable_tasks: worker %s reconnected to Redis", self.id)
                 self._outage_logged = False
             backoff = 0.05
-            for item in claimed:
+            for item in batch.started:
                 self._launch(item)
+            for task_id, status in batch.ended:
+                # Ended by START itself (cancel requested while it was queued, or attempts used
+                # up by lost workers): nothing ran here, so only the log says so.
+                logger.info("observable_tasks: task %s ended %s before it ran", task_id, status)
 
     def _launch(self, claimed: Claimed) -> None:
         manager, backend = self.manager, self.backend
@@ -221,7 +226,10 @@ class Worker:
             func, args, kwargs = _raising(exc), (), _NO_KWARGS
             shape = CallShape(True, False, label)
         created = claimed.created or time.time()
-        task = Task(claimed.id, claimed.name, label, claimed.timeout, created, created)
+        task = backend._live.get(claimed.id)  # created here: the caller's object runs
+        if task is None:
+            task = Task(claimed.id, claimed.name, label, claimed.timeout, created, created)
+            backend._live[task.id] = task
         task.status = TaskStatus.RUNNING
         task._mono_started = time.time()
         if claimed.headers:
@@ -229,7 +237,6 @@ class Worker:
         job = _RemoteJob(task, func, args, kwargs, shape)
         job.attempt, job.lost, job.released = claimed.attempt, False, False
         self._jobs[task.id] = job
-        backend._live[task.id] = task
         ctx = contextvars.Context()  # nothing of the claim loop leaks into the task
         if _HAS_TASK_CONTEXT:
             job.aio = self._loop.create_task(self._run(job), context=ctx)  # type: ignore[call-arg]
