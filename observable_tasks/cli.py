@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -11,28 +12,87 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_MAX_BODY_BYTES = 1024 * 1024  # demo.DEFAULT_MAX_BODY_BYTES (not imported: --help stays quick)
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``observable-tasks`` console script."""
-    parser = argparse.ArgumentParser(prog="observable-tasks")
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("observable-tasks")
+    except PackageNotFoundError:  # pragma: no cover - run from a checkout that is not installed
+        return "unknown"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"observable-tasks: {name}={value!r} is not a whole number") from None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every ``demo`` option shows its default in ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="observable-tasks",
+        description="Background tasks for Nexios apps, with spans, metrics and logs per task.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="serve the demo app (every example of the API page)")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo = commands.add_parser(
+        "demo",
+        help="serve the demo app (every example of the API page)",
+        description="Serve the demo app with uvicorn. Defaults come from the environment "
+        "variables named below when they are set.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     demo.add_argument(
         "--workers",
         type=int,
         default=1,
         help="server worker processes; >1 turns on Prometheus multiprocess mode",
     )
-    demo.add_argument("--log-level", default="info", help="uvicorn's own log level")
+    demo.add_argument(
+        "--log-level",
+        default="info",
+        choices=_LOG_LEVELS,
+        help="level of uvicorn's and the standard library's log lines",
+    )
     demo.add_argument(
         "--max-concurrent-tasks",
         type=int,
-        default=None,
-        help="the demo's concurrency limit (default 50; env DEMO_MAX_CONCURRENT_TASKS)",
+        default=_env_int("DEMO_MAX_CONCURRENT_TASKS", 50),
+        help="the demo's concurrency limit (env DEMO_MAX_CONCURRENT_TASKS)",
     )
-    args = parser.parse_args(argv)
+    demo.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=_env_int("DEMO_MAX_BODY_BYTES", _MAX_BODY_BYTES),
+        help="larger request bodies are refused with 413 (env DEMO_MAX_BODY_BYTES)",
+    )
+    demo.add_argument(
+        "--debug",
+        action="store_true",
+        default=_env_flag("DEMO_DEBUG"),
+        help="Nexios debug mode: a 500 shows the traceback; never on a reachable server "
+        "(env DEMO_DEBUG=1)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``observable-tasks`` console script."""
+    args = build_parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
@@ -41,14 +101,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from observable_tasks.demo import make_data_dir
+    from observable_tasks.telemetry import configure_logging
+    from observable_tasks.telemetry.logs import capture_stdlib_logging
+
     if args.workers < 1:
         raise SystemExit("--workers must be >= 1")
-    if args.max_concurrent_tasks is not None:
-        if args.max_concurrent_tasks < 1:
-            raise SystemExit("--max-concurrent-tasks must be >= 1")
-        # An environment variable reaches every worker process (they import the app anew).
-        os.environ["DEMO_MAX_CONCURRENT_TASKS"] = str(args.max_concurrent_tasks)
-    made = None
+    if args.max_concurrent_tasks < 1:
+        raise SystemExit("--max-concurrent-tasks must be >= 1")
+    if args.max_body_bytes < 1:
+        raise SystemExit("--max-body-bytes must be >= 1")
+    # Environment variables reach every worker process (they import the app anew).
+    os.environ["DEMO_MAX_CONCURRENT_TASKS"] = str(args.max_concurrent_tasks)
+    os.environ["DEMO_MAX_BODY_BYTES"] = str(args.max_body_bytes)
+    os.environ["DEMO_DEBUG"] = "1" if args.debug else "0"
+    os.environ["DEMO_LOG_LEVEL"] = args.log_level
+    # This process' own lines (uvicorn's start-up, the worker supervisor) in the app's format.
+    configure_logging()
+    capture_stdlib_logging(logging.DEBUG if args.log_level == "trace" else args.log_level)
+    made: list[str] = []
+    if not os.environ.get("DEMO_DATA_DIR"):
+        # One private folder for every worker, so that they all see the same files.
+        data_dir = make_data_dir()
+        made.append(data_dir)
+        os.environ["DEMO_DATA_DIR"] = data_dir
     supplied = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if supplied and os.path.isdir(supplied) and os.listdir(supplied):
         print(
@@ -58,8 +134,9 @@ def _demo(args: argparse.Namespace) -> int:
         )
     if args.workers > 1 and not supplied:
         # prometheus_client needs this set before the workers start, and empty.
-        made = tempfile.mkdtemp(prefix="observable-tasks-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        metrics_dir = tempfile.mkdtemp(prefix="observable-tasks-metrics-")
+        made.append(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         uvicorn.run(
             "observable_tasks.demo:app",
@@ -67,10 +144,11 @@ def _demo(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             log_level=args.log_level,
+            log_config=None,  # logging is ours (capture_stdlib_logging), in each worker too
         )
     finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

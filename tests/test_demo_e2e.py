@@ -245,7 +245,7 @@ def test_process_file_reports_progress_to_100(client: httpx.Client, data_dir: Pa
     result = client.get(f"/task-result/{task_id}").json()["result"]
     assert result["file_size"] == len(content)
     assert result["processed_bytes"] == len(content)
-    assert result["status"] == "COMPLETED"
+    assert result["status"] == "completed"  # the page's own result dict, not TaskStatus
     listing = {t["id"]: t for t in client.get("/tasks").json()}
     assert listing[task_id]["name"] == "process_file_input.bin"
 

@@ -223,3 +223,69 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=cache_loggers,
     )
+
+
+def capture_stdlib_logging(level: int | str = logging.INFO) -> None:
+    """Send the standard library's logging through the structlog pipeline set up by
+    :func:`configure_logging` (call that first), so that one stream carries one format.
+
+    The root logger gets a single handler whose ``structlog.stdlib.ProcessorFormatter`` runs the
+    configured processors (context, level, timestamp, trace ids) on foreign records, adds
+    ``logger``, and renders them with the configured renderer (JSON lines under
+    ``LOG_FORMAT=json``) to the same stream. Handlers that would print plain text are removed:
+    every handler of the ``uvicorn``, ``nexios`` and ``granian`` loggers (Nexios' own logger has
+    a stderr handler and propagates too, which would print its lines twice) and, on any logger,
+    stream handlers writing to stdout or stderr. Those loggers then propagate to the root.
+    Records below ``level`` are dropped. Calling it again replaces the earlier handler.
+
+    Servers that configure logging themselves must be told not to (``uvicorn.run(...,
+    log_config=None)``); with several worker processes, call it in each worker after the server
+    set its logging up (e.g. where the app is built).
+    """
+    if isinstance(level, str):
+        named = logging.getLevelName(level.upper())
+        if not isinstance(named, int):
+            raise ValueError(f"unknown log level {level!r}")
+        level = named
+    config = structlog.get_config()
+    chain = list(config["processors"])
+    renderer = chain.pop() if chain else structlog.processors.JSONRenderer()
+    stream = getattr(config["logger_factory"], "_file", None) or sys.stdout
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *chain],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    std_streams = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
+    std_streams.add(id(stream))
+
+    def prints_plain_text(handler: logging.Handler) -> bool:
+        if getattr(handler, "_observable_tasks_capture", False):
+            return True  # ours, from an earlier call
+        return (
+            isinstance(handler, logging.StreamHandler)
+            and not isinstance(handler, logging.FileHandler)
+            and id(handler.stream) in std_streams
+        )
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.setLevel(level)
+    handler._observable_tasks_capture = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if prints_plain_text(old):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    servers = ("uvicorn", "nexios", "granian")
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger):
+            continue  # a placeholder
+        owned = name.split(".", 1)[0] in servers
+        removed = False
+        for old in list(logger.handlers):
+            if owned or prints_plain_text(old):
+                logger.removeHandler(old)
+                removed = True
+        if owned or (removed and not logger.handlers):
+            logger.propagate = True
