@@ -105,7 +105,8 @@ async def test_simple_task(make: Callable[..., TaskManager]) -> None:
     assert task.name == "test_task"
     assert task.created_at <= task.started_at <= task.completed_at  # type: ignore[operator]
     found = manager.get_task(task.id)
-    assert found is not None and found.result == 10
+    assert found is not None
+    assert found.result == 10
     assert (await manager.aget_task(task.id)) is not None
 
 
