@@ -19,6 +19,13 @@ __all__ = [
     "TASK_LAST_SUCCESS",
     "TELEMETRY_ERRORS",
     "LABEL_OVERFLOW",
+    "QUEUE_PENDING",
+    "QUEUE_RUNNING",
+    "QUEUE_OLDEST_AGE",
+    "QUEUE_WORKERS",
+    "QUEUE_REDELIVERIES",
+    "QUEUE_UP",
+    "LABEL_QUEUE",
     "METRICS",
     "LABEL_TASK",
     "LABEL_STATUS",
@@ -67,6 +74,18 @@ TASK_LAST_SUCCESS = "task_last_success_timestamp_seconds"
 """Gauge {task}: Unix time of the last COMPLETED task."""
 TELEMETRY_ERRORS = "telemetry_errors"
 """Counter {component}: failures inside telemetry itself (never fail a task)."""
+QUEUE_PENDING = "queue_pending"
+"""Gauge {queue}: tasks waiting in the Redis queue (read from Redis at scrape time)."""
+QUEUE_RUNNING = "queue_running"
+"""Gauge {queue}: tasks claimed by a worker and not finished (cluster-wide)."""
+QUEUE_OLDEST_AGE = "queue_oldest_pending_age_seconds"
+"""Gauge {queue}: age of the oldest waiting task: the queue's lag."""
+QUEUE_WORKERS = "queue_workers"
+"""Gauge {queue}: workers that renewed their liveness within one lease."""
+QUEUE_REDELIVERIES = "queue_redeliveries"
+"""Counter {queue}: attempts after the first (a worker was lost, or its lease ran out)."""
+QUEUE_UP = "queue_up"
+"""Gauge {queue}: 1 when Redis answered the scrape's queue read, 0 when it did not."""
 LABEL_OVERFLOW = "label_overflow"
 """Counter {label}: label values folded into ``OVERFLOW_VALUE`` because of the cardinality cap."""
 
@@ -83,6 +102,12 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     TASK_LAST_SUCCESS: ("gauge", ("task",)),
     TELEMETRY_ERRORS: ("counter", ("component",)),
     LABEL_OVERFLOW: ("counter", ("label",)),
+    QUEUE_PENDING: ("gauge", ("queue",)),
+    QUEUE_RUNNING: ("gauge", ("queue",)),
+    QUEUE_OLDEST_AGE: ("gauge", ("queue",)),
+    QUEUE_WORKERS: ("gauge", ("queue",)),
+    QUEUE_REDELIVERIES: ("counter", ("queue",)),
+    QUEUE_UP: ("gauge", ("queue",)),
 }
 
 LABEL_TASK = "task"
@@ -90,6 +115,7 @@ LABEL_STATUS = "status"
 LABEL_ERROR_TYPE = "error_type"
 LABEL_COMPONENT = "component"
 LABEL_LABEL = "label"
+LABEL_QUEUE = "queue"
 OVERFLOW_VALUE = "__other__"
 """Label value that stands for every value past the cardinality cap."""
 FINISHED_STATUSES = ("completed", "failed", "cancelled", "timeout")

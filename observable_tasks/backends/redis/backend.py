@@ -491,7 +491,8 @@ class RedisBackend:
     # -- queue-wide facts (for metrics at scrape time) --------------------------------------
 
     def queue_stats(self) -> dict[str, float]:
-        """Pending, running, oldest pending age (s) and live workers, read now (blocking)."""
+        """Pending, running, oldest pending age (s), live workers (renewed within a lease) and
+        redeliveries so far, read now (blocking, short); ``{}`` when Redis cannot be read."""
         client = self._sync_client()
         now = time.time()
         try:
@@ -499,8 +500,9 @@ class RedisBackend:
             pipe.xinfo_groups(self.keys.stream)
             pipe.xlen(self.keys.stream)
             pipe.xrange(self.keys.stream, count=1)
-            pipe.zrangebyscore(self.keys.workers, now - 3 * self.lease, "+inf")
-            groups, length, first, workers = pipe.execute(raise_on_error=False)
+            pipe.zrangebyscore(self.keys.workers, now - self.lease, "+inf")
+            pipe.hget(self.keys.stats, "redeliveries")
+            groups, length, first, workers, redeliveries = pipe.execute(raise_on_error=False)
         except RedisError:
             return {}
         pel = 0
@@ -517,6 +519,7 @@ class RedisBackend:
             "running": pel,
             "oldest_pending_age": oldest,
             "workers": len(workers) if isinstance(workers, list) else 0,
+            "redeliveries": int(redeliveries) if isinstance(redeliveries, bytes) else 0,
         }
 
 

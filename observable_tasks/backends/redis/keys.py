@@ -83,6 +83,11 @@ class Keys:
         return self.base + "reclaim"
 
     @property
+    def stats(self) -> str:
+        """Hash of queue-wide counters (``redeliveries``), read by the queue metrics."""
+        return self.base + "stats"
+
+    @property
     def events(self) -> str:
         """Capped Stream of task events (created/started/progress/finished) for a live console."""
         return self.base + "events"

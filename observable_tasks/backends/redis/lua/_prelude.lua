@@ -87,6 +87,9 @@ local function start_one(P, id, msg, me, now, out, ended, max_history, maxlen)
     return
   end
   local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+  if attempts > 1 then
+    redis.call('HINCRBY', P .. 'stats', 'redeliveries', 1)  -- read by the queue metrics
+  end
   local max_attempts = tonumber(r[3]) or 1
   if attempts > max_attempts then
     terminate(P, id, 'FAILED', now, {'error', worker_lost_error(attempts, r[5])}, msg,
