@@ -47,6 +47,8 @@ ERRORS = _metric(names.TASK_ERRORS, "_total")
 LAST_SUCCESS = _metric(names.TASK_LAST_SUCCESS)
 TELEMETRY_ERRORS = _metric(names.TELEMETRY_ERRORS, "_total")
 LABEL_OVERFLOW = _metric(names.LABEL_OVERFLOW, "_total")
+LOOP_LAG_BUCKET = _metric(names.EVENT_LOOP_LAG, "_bucket")
+ABANDONED = _metric(names.SYNC_THREADS_ABANDONED)
 
 PROM = {"type": "prometheus", "uid": "${datasource}"}
 TRACES = {"type": "jaeger", "uid": "${traces}"}
@@ -739,6 +741,29 @@ def overview() -> dict[str, Any]:
             ),
             description="The cardinality cap replaced this many label values by __other__: "
             "too many distinct task functions or error types.",
+        )
+    )
+
+    add(_row("Event loop and worker threads", 63, ids))
+    add(
+        _timeseries(
+            "Event loop lag",
+            (0, 64, 12, 6),
+            _targets(*_quantiles(f"{LOOP_LAG_BUCKET}{{{job}}}")),
+            unit="s",
+            description="How late the event loop ran the watchdog's heartbeat. High values: "
+            "something blocks the loop (a blocking call in an async task); the loop.stalled "
+            "log event names the task.",
+        )
+    )
+    add(
+        _timeseries(
+            "Abandoned sync threads",
+            (12, 64, 12, 6),
+            _targets((f"sum({ABANDONED}{{{job}}})", "abandoned")),
+            description="Threads still running sync task functions whose tasks timed out or "
+            "were cancelled (a thread cannot be stopped). They no longer take pool slots, up "
+            "to a cap of 2 x max_sync_threads threads.",
         )
     )
     for panel in panels:

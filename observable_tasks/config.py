@@ -36,6 +36,15 @@ class TaskConfig:
     """At most this many finished tasks are kept; the oldest are evicted first."""
     shutdown_timeout: float = 30.0
     """On shutdown, seconds running tasks get to finish before they are cancelled."""
+    max_sync_threads: int = 32
+    """Worker threads for plain ``def`` task functions (the manager's own daemon threads, not
+    the loop's default executor). Threads of sync tasks that timed out or were cancelled are
+    abandoned: they stop counting here, up to as many again (``2 * max_sync_threads`` threads
+    in all); past that, new sync tasks wait for a thread."""
+    loop_stall_threshold: float | None = 0.5
+    """Seconds the event loop may be blocked before the loop watchdog reports which task was
+    running (``on_loop_stall``; the ``loop.stalled`` log event). The watchdog also measures the
+    loop's lag (``on_loop_lag``). ``None``: no watchdog."""
 
     def __post_init__(self) -> None:
         _positive_int("max_concurrent_tasks", self.max_concurrent_tasks)
@@ -45,6 +54,9 @@ class TaskConfig:
         _positive_number("cleanup_interval", self.cleanup_interval)
         _positive_int("max_task_history", self.max_task_history, allow_zero=True)
         _positive_number("shutdown_timeout", self.shutdown_timeout, allow_zero=True)
+        _positive_int("max_sync_threads", self.max_sync_threads)
+        if self.loop_stall_threshold is not None:
+            _positive_number("loop_stall_threshold", self.loop_stall_threshold)
         if not isinstance(self.enable_task_history, bool):
             raise ValueError(
                 f"enable_task_history must be True or False, got {self.enable_task_history!r}"

@@ -6,12 +6,13 @@ callable (a cross-process backend refers to functions by import path instead).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
+
+from observable_tasks.threads import SyncThreads
 
 __all__ = ["CallShape", "Invocation", "check_call", "prepare", "function_name", "reject_coroutine"]
 
@@ -83,11 +84,11 @@ class Invocation:
     def name(self) -> str:
         return self.shape.name
 
-    def start(self, task_id: str) -> Awaitable[Any]:
+    def start(self, task_id: str, threads: SyncThreads | None = None) -> Awaitable[Any]:
         """Call the function and return what to await for its result.
 
         An async function's own coroutine is returned as is (no wrapper: this is the hot path);
-        a sync function runs in a worker thread.
+        a sync function runs in a worker thread of ``threads`` (default: one shared pool).
         """
         shape, kwargs = self.shape, self.kwargs
         if shape.wants_task_id:
@@ -96,17 +97,19 @@ class Invocation:
             if kwargs:
                 return self.func(*self.args, **kwargs)  # type: ignore[no-any-return]
             return self.func(*self.args)  # type: ignore[no-any-return]  # cheaper call
-        return _in_thread(self.func, self.args, kwargs)
+        if threads is None:
+            threads = _shared_threads()
+        return threads.run(self.func, self.args, kwargs)
 
 
-async def _in_thread(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    # to_thread copies the context: the task's span and log bindings follow into the thread.
-    result = await asyncio.to_thread(func, *args, **kwargs)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+_SHARED: list[SyncThreads] = []
+
+
+def _shared_threads() -> SyncThreads:
+    # For invocations run outside a manager: never the loop's default executor (see threads.py).
+    if not _SHARED:
+        _SHARED.append(SyncThreads(32, name="observable-tasks-shared"))
+    return _SHARED[0]
 
 
 def function_name(func: Callable[..., Any]) -> str:

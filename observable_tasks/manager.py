@@ -35,6 +35,8 @@ from observable_tasks.middleware import (
 )
 from observable_tasks.status import TaskStatus, check_transition
 from observable_tasks.task import Task, new_task_id
+from observable_tasks.threads import SyncThreads
+from observable_tasks.watchdog import LoopWatchdog, log_stall
 
 if TYPE_CHECKING:
     from observable_tasks.backends.redis.backend import RedisBackend
@@ -201,6 +203,10 @@ class TaskManager:
         self._accepting = True  # mirrors _state, read on every create (see _set_state)
         self._cleanup_handle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        # Sync functions' threads (started on demand) and the loop watchdog (started by _bind).
+        self._threads = SyncThreads(self.config.max_sync_threads, on_abandoned=self._abandoned)
+        stall = self.config.loop_stall_threshold
+        self._watchdog = LoopWatchdog(self, stall) if stall is not None else None
         self.internal_errors: collections.Counter[str] = collections.Counter()
         """Failures inside middleware, observers and callbacks, by component name."""
         for mw in middleware:
@@ -316,6 +322,8 @@ class TaskManager:
                 await asyncio.wait(list(self._background), timeout=max(1.0, grace))
         finally:
             self._set_state(_State.CLOSED)
+            if self._watchdog is not None:
+                self._watchdog.stop()
 
     # -- creating tasks -----------------------------------------------------------------------
 
@@ -489,6 +497,11 @@ class TaskManager:
     def pending_count(self) -> int:
         """Tasks waiting for a slot."""
         return len(self._pending)
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still running sync functions whose tasks timed out or were cancelled."""
+        return self._threads.abandoned
 
     def running_tasks(self) -> list[Task]:
         """Tasks executing now (in this process)."""
@@ -666,6 +679,8 @@ class TaskManager:
         if self._cleanup_handle is not None:
             self._cleanup_handle.cancel()
         self._cleanup_handle = loop.call_later(self.config.cleanup_interval, self._cleanup_tick)
+        if self._watchdog is not None:
+            self._watchdog.start(loop)
 
     def _cleanup_tick(self) -> None:
         try:
@@ -723,7 +738,7 @@ class TaskManager:
                 try:
                     if job.cancel_requested:  # cancel_task() came before the first step
                         raise asyncio.CancelledError
-                    result = await job.start(task.id)
+                    result = await job.start(task.id, self._threads)
                 except BaseException as exc:
                     self._failure(job, exc)
                     raise
@@ -773,7 +788,7 @@ class TaskManager:
     def _invoke(self, job: _Job) -> Awaitable[Any]:
         if job.cancel_requested:  # cancel_task() came before the task's first step
             raise asyncio.CancelledError
-        return job.start(job.task.id)
+        return job.start(job.task.id, self._threads)
 
     def _failure(self, job: _Job, exc: BaseException) -> BaseException:
         """Record what an execution that raised ``exc`` ended with, and return it.
@@ -886,6 +901,32 @@ class TaskManager:
                 method(task, *args)
             except Exception as exc:
                 self.report_internal_error(component, exc)
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        """:meth:`_notify` for hooks without a task argument."""
+        for component, method in self._listeners[hook]:
+            try:
+                method(*args)
+            except Exception as exc:
+                self.report_internal_error(component, exc)
+
+    def _loop_lag(self, lag: float) -> None:  # the watchdog's heartbeat, on the loop
+        if self._listeners["on_loop_lag"]:
+            self._emit("on_loop_lag", lag)
+
+    def _loop_stalled(self, running: asyncio.Task[Any] | None, seconds: float) -> None:
+        # The watchdog's thread, while the loop is blocked: find the task by its asyncio task.
+        found = None
+        if running is not None:
+            found = next((j.task for j in list(self._jobs.values()) if j.aio is running), None)
+        if self._listeners["on_loop_stall"]:
+            self._emit("on_loop_stall", found, seconds)
+        else:
+            log_stall(found, seconds)
+
+    def _abandoned(self, change: int) -> None:  # from SyncThreads: +1 / -1
+        if self._listeners["on_threads_abandoned"]:
+            self._emit("on_threads_abandoned", change)
 
     def _run_callback(self, callback: TaskCallback, task: Task) -> None:
         try:

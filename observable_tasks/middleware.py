@@ -7,7 +7,8 @@ middleware that raises in its own code is reported (log + ``TaskManager.internal
 turned into a failed task.
 
 An *observer* hears about events outside execution (created, cancelled while pending, progress,
-evicted). Its hooks are plain synchronous methods and are failsafe in the same way.
+evicted, the event loop's lag and stalls, abandoned sync threads). Its hooks are plain synchronous
+methods and are failsafe in the same way.
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ class TaskObserver:
     def on_internal_error(self, component: str, error: BaseException) -> None:
         """A middleware, observer or callback raised; the task was not affected."""
 
+    def on_loop_lag(self, lag: float) -> None:
+        """The loop watchdog's heartbeat ran ``lag`` seconds late (on the loop, every beat)."""
+
+    def on_loop_stall(self, task: Task | None, seconds: float) -> None:
+        """The loop has been blocked for ``seconds`` (past ``loop_stall_threshold``) while
+        ``task`` was running (``None``: no task of this manager). Once per stall, called from
+        the watchdog's thread while the loop is still blocked."""
+
+    def on_threads_abandoned(self, change: int) -> None:
+        """``+1``: a sync task's thread was abandoned (its task timed out or was cancelled);
+        ``-1``: such a thread's function returned at last. From the loop or a worker thread."""
+
     def observes(self, hook: str) -> bool:
         """Whether ``hook`` does anything here: asked once, when the observer is added.
 
@@ -87,6 +100,9 @@ OBSERVER_HOOKS = (
     "on_progress",
     "on_evicted",
     "on_internal_error",
+    "on_loop_lag",
+    "on_loop_stall",
+    "on_threads_abandoned",
 )
 """The hook names of :class:`TaskObserver`."""
 

@@ -51,6 +51,8 @@ def test_every_field_exists_with_a_sane_default() -> None:
         "cleanup_interval",
         "max_task_history",
         "shutdown_timeout",
+        "max_sync_threads",
+        "loop_stall_threshold",
     }
     config = TaskConfig()
     assert config.max_concurrent_tasks > 0
@@ -61,6 +63,9 @@ def test_every_field_exists_with_a_sane_default() -> None:
     assert config.cleanup_interval > 0
     assert config.max_task_history > 0
     assert config.shutdown_timeout > 0
+    assert config.max_sync_threads > 0
+    assert config.loop_stall_threshold is not None
+    assert config.loop_stall_threshold > 0
 
 
 @pytest.mark.parametrize(
@@ -115,6 +120,15 @@ def test_log_level_names_and_numbers(level: object, expected: int) -> None:
         ("shutdown_timeout", math.nan),
         ("shutdown_timeout", math.inf),
         ("shutdown_timeout", False),
+        ("max_sync_threads", 0),
+        ("max_sync_threads", -1),
+        ("max_sync_threads", 2.0),
+        ("max_sync_threads", True),
+        ("loop_stall_threshold", 0),
+        ("loop_stall_threshold", -1),
+        ("loop_stall_threshold", math.nan),
+        ("loop_stall_threshold", math.inf),
+        ("loop_stall_threshold", "0.5"),
     ],
 )
 def test_invalid_value_raises_value_error_naming_the_field(field: str, value: object) -> None:
@@ -144,3 +158,8 @@ def test_config_is_immutable_and_replace_validates_again() -> None:
 def test_equal_configs_compare_equal() -> None:
     assert TaskConfig(log_level="INFO") == TaskConfig(log_level=logging.INFO)
     assert TaskConfig(max_concurrent_tasks=1) != TaskConfig(max_concurrent_tasks=2)
+
+
+def test_loop_watchdog_can_be_switched_off() -> None:
+    assert TaskConfig(loop_stall_threshold=None).loop_stall_threshold is None
+    assert TaskConfig(loop_stall_threshold=0.05).loop_stall_threshold == 0.05

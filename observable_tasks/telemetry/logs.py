@@ -100,6 +100,13 @@ class TaskLogger(TelemetryPart):
             fields[_F.PROGRESS] = round(progress, 2)
             self._log.info(LOG_EVENTS["progress"], **fields)
 
+    def on_loop_stall(self, task: Task | None, seconds: float) -> None:
+        # From the watchdog's thread, while the loop is blocked: no task context is current.
+        if self._level <= _WARNING:
+            fields = self._fields_outside(task) if task is not None else {}
+            fields[_F.BLOCKED] = round(seconds, 3)
+            self._log.warning(LOG_EVENTS["loop_stalled"], **fields)
+
     def on_evicted(self, task: Task) -> None:
         self._last_progress.pop(task.id, None)
         if self._level <= _DEBUG:

@@ -37,6 +37,7 @@ __all__ = ["TaskMetrics", "LabelLimiter", "is_multiprocess", "queue_collectors"]
 # Label values as plain strings: an enum's .value is a Python-level descriptor, paid per task.
 _COMPLETED = names.STATUS_LABELS[TaskStatus.COMPLETED.value]
 _CANCELLED = names.STATUS_LABELS[TaskStatus.CANCELLED.value]
+_ABANDONED_HELP = "Threads still running sync functions whose tasks timed out or were cancelled."
 
 
 def is_multiprocess() -> bool:
@@ -132,9 +133,16 @@ class _Families:
             [names.LABEL_LABEL],
             registry=reg,
         )
+        self.loop_lag = Histogram(
+            n(names.EVENT_LOOP_LAG),
+            "How late the event loop ran the watchdog's heartbeat (blocked or busy loop).",
+            buckets=names.LOOP_LAG_BUCKETS,
+            registry=reg,
+        )
         self.running: Gauge | None = None
         self.pending: Gauge | None = None
         self.limit: Gauge | None = None
+        self.abandoned: Gauge | None = None
         self.collector: _StateCollector | None = None
         if multiprocess:
             self.running = Gauge(
@@ -148,6 +156,10 @@ class _Families:
             self.limit = Gauge(
                 n(names.TASKS_CONCURRENCY_LIMIT), "Configured max_concurrent_tasks (summed).",
                 registry=reg, multiprocess_mode="livesum",
+            )  # fmt: skip
+            self.abandoned = Gauge(
+                n(names.SYNC_THREADS_ABANDONED), _ABANDONED_HELP, registry=reg,
+                multiprocess_mode="livesum",
             )  # fmt: skip
         else:
             self.collector = _StateCollector(namespace)
@@ -292,6 +304,18 @@ class TaskMetrics(TelemetryPart):
     def on_internal_error(self, component: str, error: BaseException) -> None:
         self._f.telemetry_errors.labels(component).inc()
 
+    def on_loop_lag(self, lag: float) -> None:
+        self._f.loop_lag.observe(lag)
+
+    def on_threads_abandoned(self, change: int) -> None:
+        if self._f.abandoned is not None:  # multiprocess mode; else read at scrape time
+            self._f.abandoned.inc(change)
+
+    def observes(self, hook: str) -> bool:
+        if hook == "on_threads_abandoned":
+            return self._f.abandoned is not None
+        return super().observes(hook)
+
     # -- middleware ---------------------------------------------------------------------------
 
     def begin(self, task: Task) -> _Bound:
@@ -323,7 +347,7 @@ class TaskMetrics(TelemetryPart):
 
 
 class _StateCollector(Collector):
-    """Running, pending and limit gauges read from the managers at scrape time."""
+    """Running, pending, limit and abandoned-thread gauges read from the managers at scrape time."""
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
@@ -347,9 +371,10 @@ class _StateCollector(Collector):
             names.metric_name(names.TASKS_CONCURRENCY_LIMIT, n),
             "Configured max_concurrent_tasks (summed over managers).",
         )
+        yield GaugeMetricFamily(names.metric_name(names.SYNC_THREADS_ABANDONED, n), _ABANDONED_HELP)
 
     def collect(self) -> Iterable[Metric]:
-        running_family, pending_family, limit_family = self._families()
+        running_family, pending_family, limit_family, abandoned_family = self._families()
         managers = list(self.managers)
         running: _Counts[str] = _Counts()
         pending: _Counts[str] = _Counts()
@@ -371,4 +396,5 @@ class _StateCollector(Collector):
                 if m.backend is None or m.backend.execute  # web-only processes run nothing
             ),
         )
-        return [running_family, pending_family, limit_family]
+        abandoned_family.add_metric([], sum(m.abandoned_threads for m in managers))
+        return [running_family, pending_family, limit_family, abandoned_family]

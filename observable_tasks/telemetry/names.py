@@ -26,6 +26,8 @@ __all__ = [
     "QUEUE_REDELIVERIES",
     "QUEUE_UP",
     "LABEL_QUEUE",
+    "EVENT_LOOP_LAG",
+    "SYNC_THREADS_ABANDONED",
     "METRICS",
     "LABEL_TASK",
     "LABEL_STATUS",
@@ -40,6 +42,7 @@ __all__ = [
     "exported_names",
     "DURATION_BUCKETS",
     "QUEUE_WAIT_BUCKETS",
+    "LOOP_LAG_BUCKETS",
     "SPAN_SEND",
     "SPAN_PROCESS",
     "ATTR",
@@ -88,6 +91,10 @@ QUEUE_UP = "queue_up"
 """Gauge {queue}: 1 when Redis answered the scrape's queue read, 0 when it did not."""
 LABEL_OVERFLOW = "label_overflow"
 """Counter {label}: label values folded into ``OVERFLOW_VALUE`` because of the cardinality cap."""
+EVENT_LOOP_LAG = "event_loop_lag_seconds"
+"""Histogram: how late the loop watchdog's heartbeat ran (``TaskConfig.loop_stall_threshold``)."""
+SYNC_THREADS_ABANDONED = "sync_threads_abandoned"
+"""Gauge: threads still running sync functions whose tasks timed out or were cancelled."""
 
 #: name -> (type, labels), the contract dashboards and rules are tested against.
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -108,6 +115,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     QUEUE_WORKERS: ("gauge", ("queue",)),
     QUEUE_REDELIVERIES: ("counter", ("queue",)),
     QUEUE_UP: ("gauge", ("queue",)),
+    EVENT_LOOP_LAG: ("histogram", ()),
+    SYNC_THREADS_ABANDONED: ("gauge", ()),
 }
 
 LABEL_TASK = "task"
@@ -139,6 +148,9 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 QUEUE_WAIT_BUCKETS = (
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0,
+)  # fmt: skip
+LOOP_LAG_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
 
@@ -199,6 +211,7 @@ LOG_EVENTS = {
     "progress": "task.progress",
     "evicted": "task.evicted",
     "released": "task.released",
+    "loop_stalled": "loop.stalled",
 }
 """structlog event names, keyed by what happened."""
 
@@ -217,4 +230,5 @@ class LOG_FIELDS:  # a namespace of constants, read like a module
     ERROR = "error"
     TRACE_ID = "trace_id"
     SPAN_ID = "span_id"
+    BLOCKED = "blocked_s"  # loop.stalled: seconds the loop had been blocked when seen
     TRACE_FLAGS = "trace_flags"

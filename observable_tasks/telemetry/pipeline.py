@@ -162,6 +162,15 @@ class TelemetryPipeline(TaskObserver):
     def on_evicted(self, task: Task) -> None:
         self._forward("on_evicted", task)
 
+    def on_loop_lag(self, lag: float) -> None:
+        self._forward("on_loop_lag", lag)
+
+    def on_loop_stall(self, task: Task | None, seconds: float) -> None:
+        self._forward("on_loop_stall", task, seconds)
+
+    def on_threads_abandoned(self, change: int) -> None:
+        self._forward("on_threads_abandoned", change)
+
     def on_internal_error(self, component: str, error: BaseException) -> None:
         for _, method in self._hooks["on_internal_error"]:
             # Reporting must not recurse: a failure here is only in the manager's log line.
