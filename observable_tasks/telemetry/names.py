@@ -29,6 +29,8 @@ __all__ = [
     "EVENT_LOOP_LAG",
     "SYNC_THREADS_ABANDONED",
     "METRICS",
+    "QUEUE_METRICS",
+    "ALL_METRICS",
     "LABEL_TASK",
     "LABEL_STATUS",
     "LABEL_ERROR_TYPE",
@@ -109,15 +111,21 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     TASK_LAST_SUCCESS: ("gauge", ("task",)),
     TELEMETRY_ERRORS: ("counter", ("component",)),
     LABEL_OVERFLOW: ("counter", ("label",)),
+    EVENT_LOOP_LAG: ("histogram", ()),
+    SYNC_THREADS_ABANDONED: ("gauge", ()),
+}
+
+#: Exported by processes on the Redis backend (read from Redis at scrape time).
+QUEUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     QUEUE_PENDING: ("gauge", ("queue",)),
     QUEUE_RUNNING: ("gauge", ("queue",)),
     QUEUE_OLDEST_AGE: ("gauge", ("queue",)),
     QUEUE_WORKERS: ("gauge", ("queue",)),
     QUEUE_REDELIVERIES: ("counter", ("queue",)),
     QUEUE_UP: ("gauge", ("queue",)),
-    EVENT_LOOP_LAG: ("histogram", ()),
-    SYNC_THREADS_ABANDONED: ("gauge", ()),
 }
+ALL_METRICS = {**METRICS, **QUEUE_METRICS}
+"""Every metric the library can export (dashboards and rules are checked against these)."""
 
 LABEL_TASK = "task"
 LABEL_STATUS = "status"
@@ -162,7 +170,7 @@ def metric_name(suffix: str, namespace: str = DEFAULT_NAMESPACE) -> str:
 def exported_names(namespace: str = DEFAULT_NAMESPACE) -> set[str]:
     """Every series name a scrape can contain (``_total``, ``_bucket``... included)."""
     names: set[str] = set()
-    for suffix, (kind, _) in METRICS.items():
+    for suffix, (kind, _) in ALL_METRICS.items():
         base = metric_name(suffix, namespace)
         if kind == "counter":
             names |= {f"{base}_total", f"{base}_created"}
