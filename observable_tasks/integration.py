@@ -61,6 +61,7 @@ def setup_tasks(
     backend: Any = None,
     execute: bool = True,
     allow: Iterable[str] = (),
+    max_task_labels: int = 200,
 ) -> TaskManager:
     """Give ``app`` a task manager tied to its lifespan, instrumented, and return it.
 
@@ -71,7 +72,8 @@ def setup_tasks(
     Telemetry (all on by default; ``telemetry=False`` switches everything off):
     ``tracing`` (span per task; ``tracer_provider``, default the global one), ``metrics``
     (Prometheus; ``registry``, default the global one; ``namespace``, default ``observable``;
-    served at ``metrics_path``, ``None`` for no route), ``logs`` (structlog; ``logger``).
+    served at ``metrics_path``, ``None`` for no route; at most ``max_task_labels`` distinct task
+    function labels, the rest folded into ``__other__``), ``logs`` (structlog; ``logger``).
     ``trace_requests=True`` also traces the app's HTTP requests (needs the ``asgi`` extra,
     ``opentelemetry-instrumentation-asgi``), so a trace shows request -> send -> process.
     User ``middleware`` runs inside the telemetry (the task's span is current in it).
@@ -107,6 +109,7 @@ def setup_tasks(
             tracer_provider=tracer_provider,
             registry=registry,
             namespace=namespace or names.DEFAULT_NAMESPACE,
+            max_task_labels=max_task_labels,
             logger=logger,
         )
         on_stop.append(parts.close)
@@ -167,7 +170,19 @@ def _trace_requests(
             "trace_requests=True needs opentelemetry-instrumentation-asgi: "
             "pip install 'observable-tasks[asgi]'"
         ) from exc
-    options: dict[str, Any] = {"tracer_provider": tracer_provider}
+    import inspect
+
+    from observable_tasks.telemetry.http_spans import route_span_details
+
+    # Spans named by the route template ("GET /status/{task_id}", with http.route), not by
+    # the path, which holds ids: one name per route, as the HTTP conventions require.
+    options: dict[str, Any] = {
+        "tracer_provider": tracer_provider,
+        "default_span_details": route_span_details(app),
+    }
+    if "exclude_spans" in inspect.signature(OpenTelemetryMiddleware.__init__).parameters:
+        # No "http receive"/"http send" child span per ASGI message: noise, 3+ per request.
+        options["exclude_spans"] = ["receive", "send"]
     if metrics_path:
         # Scrapes every few seconds would otherwise fill the trace store with /metrics spans.
         options["excluded_urls"] = re.escape(metrics_path) + "$"

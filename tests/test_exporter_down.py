@@ -390,3 +390,60 @@ async def test_configure_tracing_with_an_unreachable_collector_does_not_block(
     provider.shutdown()
     providers.remove(provider)
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("timeout_from", ["argument", "environment"])
+def test_provider_shutdown_with_the_collector_down_is_bounded_by_the_export_timeout(
+    monkeypatch: pytest.MonkeyPatch, timeout_from: str
+) -> None:
+    """Queued spans, no collector: ``provider.shutdown()`` gives up after the export timeout
+    instead of trying every batch with the exporter's whole retry budget, one after the
+    other (this took 15 s with a 5 s timeout)."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", refused_endpoint())
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # everything waits for shutdown
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", raising=False)
+    if timeout_from == "environment":
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+        provider = configure_tracing("collector-down", set_global=False)
+    else:
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_TIMEOUT", raising=False)
+        provider = configure_tracing("collector-down", set_global=False, export_timeout=1.0)
+    tracer = provider.get_tracer("t")
+    for i in range(400):  # forty batches
+        with tracer.start_as_current_span(f"span-{i}"):
+            pass
+    closer = threading.Thread(target=provider.shutdown, daemon=True)
+    start = time.monotonic()
+    closer.start()
+    closer.join(timeout=30)
+    elapsed = time.monotonic() - start
+    assert not closer.is_alive(), "TracerProvider.shutdown() hung on a dead collector"
+    assert elapsed < 3.0, f"shutdown took {elapsed:.1f}s with a 1s export timeout"
+
+
+def test_export_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="export_timeout"):
+        configure_tracing(exporter="otlp", set_global=False, export_timeout=0)
+
+
+def test_provider_shutdown_with_the_collector_up_still_exports_every_queued_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from otlp_receiver import OTLPReceiver
+
+    with OTLPReceiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10")
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+        provider = configure_tracing("collector-up", set_global=False, export_timeout=1.0)
+        tracer = provider.get_tracer("t")
+        for i in range(400):
+            with tracer.start_as_current_span(f"span-{i}"):
+                pass
+        provider.shutdown()
+        assert sorted(s.name for s in receiver.spans) == sorted(f"span-{i}" for i in range(400))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
+from typing import Any
 
+import pytest
 import structlog
 from telemetry_kit import captured_structlog, instrumented
 
-from observable_tasks import TaskConfig, update_task_progress
-from observable_tasks.telemetry import configure_logging
+from observable_tasks import TaskConfig, TaskManager, TaskStatus, update_task_progress
+from observable_tasks.telemetry import TaskLogger, configure_logging
 
 log = structlog.get_logger("user")
 
@@ -137,8 +140,6 @@ def test_configure_logging_renders_json_with_trace_ids() -> None:
 
 
 def test_configure_logging_console_and_bad_level() -> None:
-    import pytest
-
     stream = io.StringIO()
     try:
         configure_logging(json=False, stream=stream, cache_loggers=False)
@@ -155,3 +156,165 @@ def test_captured_structlog_helper_restores_defaults() -> None:
     with captured_structlog():
         pass
     assert not structlog.is_configured()
+
+
+def _run_failing_task(**logging_options: Any) -> str:
+    """Everything a real app writes for one task that raises with a secret in a local."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from observable_tasks import TaskManager
+    from observable_tasks.telemetry import instrument
+
+    def leaky(user: str) -> None:
+        password = "hunter2"
+        raise PermissionError(f"login refused for {user} ({len(password)} chars)")
+
+    async def main() -> None:
+        manager = TaskManager(TaskConfig(shutdown_timeout=1.0))
+        instrument(manager, tracer_provider=TracerProvider(), registry=CollectorRegistry())
+        try:
+            task = await manager.create_task(leaky, "alice")
+            await manager.wait_for_task(task.id)
+        finally:
+            await manager.shutdown(timeout=1.0)
+
+    stream = io.StringIO()
+    try:
+        configure_logging(stream=stream, cache_loggers=False, **logging_options)
+        asyncio.run(main())
+    finally:
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+    return stream.getvalue()
+
+
+def test_failed_task_json_line_has_the_traceback_but_no_local_variables() -> None:
+    out = _run_failing_task(json=True)
+    (failed,) = [r for r in map(json.loads, out.splitlines()) if r["event"] == "task.failed"]
+    assert failed["error_type"] == "PermissionError"
+    assert failed["error"] == "login refused for alice (7 chars)"
+    (stack,) = failed["exception"]
+    assert stack["exc_type"] == "PermissionError"
+    assert stack["exc_value"] == "login refused for alice (7 chars)"
+    assert stack["frames"][-1]["name"] == "leaky"
+    assert all("locals" not in frame for frame in stack["frames"])
+    assert "hunter2" not in out
+    assert len(json.dumps(failed)) < 2000
+
+
+def test_local_variables_only_on_explicit_opt_in() -> None:
+    out = _run_failing_task(json=True, show_locals=True)
+    (failed,) = [r for r in map(json.loads, out.splitlines()) if r["event"] == "task.failed"]
+    assert failed["exception"][0]["frames"][-1]["locals"]["password"] == "'hunter2'"
+
+
+def test_console_renderer_prints_the_traceback_without_locals() -> None:
+    out = _run_failing_task(json=False)
+    assert "task.failed" in out
+    assert "PermissionError: login refused for alice" in out
+    assert "in leaky" in out
+    assert "hunter2" not in out
+
+
+class _Reporters:
+    """Plain ``def`` tasks that report progress from their threads until released (so a
+    timed-out task's thread goes on reporting while the task ends), and a way to await
+    that every thread that started has stopped."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._live = 0
+        self._cond = threading.Condition()
+
+    def work(self, task_id: str) -> None:
+        with self._cond:
+            self._live += 1
+        try:
+            i = 0
+            while not self.release.is_set():
+                i += 1
+                update_task_progress(task_id, float(i % 101))
+        except LookupError:  # evicted from history: nothing more to report
+            pass
+        finally:
+            with self._cond:
+                self._live -= 1
+                self._cond.notify_all()
+
+    async def stopped(self) -> None:
+        self.release.set()
+
+        def wait() -> None:
+            with self._cond:
+                self._cond.wait_for(lambda: self._live == 0)
+
+        await asyncio.to_thread(wait)
+
+
+async def test_progress_state_of_sync_tasks_ending_while_their_threads_report_is_released() -> None:
+    """Timed-out sync tasks whose threads keep reporting progress while the task ends, over
+    several rounds: nothing is left behind once every thread has stopped."""
+    rounds, per_round = 5, 24
+    with instrumented(TaskConfig(max_concurrent_tasks=4, max_task_history=16)) as kit:
+        logger = kit.parts.logger
+        assert logger is not None
+        for _ in range(rounds):
+            reporters = _Reporters()
+            tasks = [
+                await kit.manager.create_task(reporters.work, timeout=0.02)
+                for _ in range(per_round)
+            ]
+            for task in tasks:
+                await kit.manager.wait_for_task(task.id)
+                assert logger.tracked_progress <= 1024
+            await reporters.stopped()
+            await asyncio.sleep(0)  # one loop turn: the threads' last checks were queued before
+            assert {t.status for t in tasks} == {TaskStatus.TIMEOUT}
+            assert logger.tracked_progress == 0
+
+
+async def test_progress_state_is_bounded_even_with_more_running_tasks() -> None:
+    logger = TaskLogger(structlog.testing.CapturingLogger(), max_tracked=4)
+    manager = TaskManager(TaskConfig(max_concurrent_tasks=20, shutdown_timeout=1.0))
+    manager.add_observer(logger)
+    manager.add_middleware(logger)
+    gate, all_reported = asyncio.Event(), asyncio.Event()
+    reported = 0
+
+    async def reports(task_id: str) -> None:
+        nonlocal reported
+        await update_task_progress(task_id, 50.0)
+        reported += 1
+        assert logger.tracked_progress <= 4
+        if reported == 20:
+            all_reported.set()
+        await gate.wait()
+
+    try:
+        tasks = [await manager.create_task(reports) for _ in range(20)]
+        await all_reported.wait()
+        assert logger.tracked_progress == 4
+        gate.set()
+        for task in tasks:
+            await manager.wait_for_task(task.id)
+        assert logger.tracked_progress == 0
+        with pytest.raises(ValueError, match="max_tracked"):
+            TaskLogger(max_tracked=0)
+    finally:
+        await manager.shutdown(timeout=1.0)
+
+
+async def test_above_info_progress_is_neither_logged_nor_tracked() -> None:
+    async def reports(task_id: str) -> None:
+        await update_task_progress(task_id, 50.0)
+        assert logger.tracked_progress == 0
+
+    with instrumented(TaskConfig(log_level="WARNING")) as kit:
+        logger = kit.parts.logger
+        assert logger is not None
+        task = await kit.manager.create_task(reports)
+        await kit.manager.wait_for_task(task.id)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.progress == 50.0
+        assert kit.events() == []

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from telemetry_kit import instrumented
 
 from observable_tasks import TaskConfig, TaskManager, TaskObserver
-from observable_tasks.telemetry import TaskMetrics, instrument, names
+from observable_tasks.telemetry import LabelLimiter, TaskMetrics, instrument, names
 
 TOTAL = "_total"
 
@@ -170,3 +172,52 @@ def test_demo_concurrency_limit_from_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("DEMO_MAX_CONCURRENT_TASKS", "3")
     app = create_app(registry=CollectorRegistry(), tracing=False, logs=False)
     assert app.state["task_manager"].config.max_concurrent_tasks == 3
+
+
+def _distinct_functions(count: int, *, fail: bool = False) -> list[Callable[[], Awaitable[None]]]:
+    """``count`` task functions with distinct qualified names (as distinct labels), each with
+    its own code object (call shapes are cached per code object)."""
+    body = "raise LookupError('x')" if fail else "return None"
+    made = []
+    for i in range(count):
+        scope: dict[str, Any] = {}
+        name = f"generated_{'failing' if fail else 'ok'}_{i}"
+        exec(f"async def {name}():\n    {body}\n", scope)
+        made.append(scope[name])
+    return made
+
+
+async def test_overflow_counts_distinct_folded_values_not_lookups() -> None:
+    overflow = names.LABEL_OVERFLOW + TOTAL
+    with instrumented(max_task_labels=5) as kit:
+        ok, failing = _distinct_functions(20), _distinct_functions(10, fail=True)
+        for _ in range(3):  # the same functions again: nothing new is folded
+            for fn in ok + failing:
+                task = await kit.manager.create_task(fn)
+                await kit.manager.wait_for_task(task.id)
+        gate = asyncio.Event()
+
+        async def blocked() -> None:
+            await gate.wait()
+
+        running = await kit.manager.create_task(blocked)
+        for _ in range(5):  # scrapes fold running tasks' labels again
+            generate_latest(kit.registry)
+        gate.set()
+        await kit.manager.wait_for_task(running.id)
+        # 31 distinct functions, 5 admitted: 26 folded, each counted once.
+        assert kit.sample(overflow, label="task") == 26
+        assert kit.sample(names.TASKS_CREATED + TOTAL, task=names.OVERFLOW_VALUE) == 26 * 3 - 2
+        assert kit.sample(overflow, label="error_type") == 0
+
+
+def test_overflow_memory_is_capped_and_the_count_then_saturates() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("overflow", "test", ["label"], registry=registry)
+    limiter = LabelLimiter("task", 2, counter, remember_folded=3)
+    assert LabelLimiter("task", 4, counter).remember_folded == 40
+    values = [f"v{i}" for i in range(10)]
+    assert [limiter(v) for v in values] == ["v0", "v1"] + [names.OVERFLOW_VALUE] * 8
+    assert [limiter(v) for v in values][:2] == ["v0", "v1"]
+    assert limiter.folded == 3
+    assert registry.get_sample_value("overflow_total", {"label": "task"}) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -83,6 +84,33 @@ def test_metrics_path_is_configurable_and_can_be_switched_off() -> None:
     assert registry.get_sample_value(created, {"task": "test_telemetry_setup.double"}) == 1
 
 
+async def triple(x: int) -> int:
+    return x * 3
+
+
+def test_max_task_labels_caps_the_task_label() -> None:
+    registry = CollectorRegistry()
+    app = NexiosApp()
+    manager = setup_tasks(app, registry=registry, tracing=False, logs=False, max_task_labels=1)
+
+    @app.post("/run")
+    async def run(request: Any, response: Any) -> Any:
+        for fn in (double, triple, triple):
+            task = await create_task(fn, 1)
+            await manager.wait_for_task(task.id)
+        return {}
+
+    with TestClient(app) as client:
+        assert client.post("/run").status_code == 200
+        scraped = client.get("/metrics").text
+    created = names.metric_name(names.TASKS_CREATED + "_total")
+    overflow = names.metric_name(names.LABEL_OVERFLOW + "_total")
+    assert registry.get_sample_value(created, {"task": "test_telemetry_setup.double"}) == 1
+    assert registry.get_sample_value(created, {"task": names.OVERFLOW_VALUE}) == 2
+    assert registry.get_sample_value(overflow, {"label": "task"}) == 1  # one function folded
+    assert "test_telemetry_setup.triple" not in scraped
+
+
 def test_each_part_can_be_switched_off() -> None:
     with captured_structlog() as logs:
         app, registry, exporter = make_app(tracing=False, logs=False)
@@ -118,6 +146,47 @@ def test_trace_requests_gives_one_trace_request_send_process() -> None:
     assert {s.context.trace_id for s in (server, send, process)} == {server.context.trace_id}
 
 
+def test_request_spans_are_named_by_the_route_template_without_message_spans() -> None:
+    from nexios.routing import Router
+
+    app, _, exporter = make_app(trace_requests=True)
+
+    @app.get("/status/{task_id}")
+    async def status(request: Any, response: Any, task_id: str) -> Any:
+        return {"task_id": task_id}
+
+    api = Router(prefix="/api")
+
+    @api.get("/items/{item_id}")
+    async def item(request: Any, response: Any, item_id: str) -> Any:
+        return {"item_id": item_id}
+
+    app.mount_router(api)
+    with TestClient(app) as client:
+        ids = [client.post("/double").json()["task_id"] for _ in range(3)]
+        for task_id in ids:
+            assert client.get(f"/status/{task_id}").json() == {"task_id": task_id}
+        assert client.get("/api/items/42").status_code == 200
+        assert client.get("/no/such/path/123").status_code == 404
+    servers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    by_name: dict[str, list[Any]] = {}
+    for span in servers:
+        by_name.setdefault(span.name, []).append(span)
+    assert sorted((name, len(spans)) for name, spans in by_name.items()) == [
+        ("GET", 1),
+        ("GET /api/items/{item_id}", 1),
+        ("GET /status/{task_id}", 3),
+        ("POST /double", 3),
+    ]
+    for name, spans in by_name.items():
+        for span in spans:
+            route = name.partition(" ")[2]
+            assert span.attributes.get("http.route") == (route or None), name
+    # No "http receive"/"http send" children: the request spans and the tasks' own spans only.
+    kinds = sorted(s.kind.name for s in exporter.get_finished_spans())
+    assert kinds == ["CONSUMER"] * 3 + ["PRODUCER"] * 3 + ["SERVER"] * 8
+
+
 def test_configure_tracing_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SERVICE_NAME", "svc-from-env")
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
@@ -148,6 +217,23 @@ def test_configure_tracing_reads_the_environment(monkeypatch: pytest.MonkeyPatch
 
     with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER"):
         configure_tracing(exporter="zipkin", set_global=False)
+
+
+def test_console_exporter_writes_one_json_line_per_span() -> None:
+    stream = io.StringIO()
+    provider = configure_tracing(exporter="console", set_global=False, console_stream=stream)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("parent", attributes={"k": "v"}):
+        for i in range(4):
+            with tracer.start_as_current_span(f"child-{i}"):
+                pass
+    provider.shutdown()  # flushes the batch
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 5
+    spans = [json.loads(line) for line in lines]
+    assert sorted(s["name"] for s in spans) == sorted(["parent", *(f"child-{i}" for i in range(4))])
+    (parent,) = [s for s in spans if s["name"] == "parent"]
+    assert parent["attributes"] == {"k": "v"}
 
 
 def test_nothing_is_configured_on_import() -> None:

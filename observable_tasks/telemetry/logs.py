@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from opentelemetry import trace
+from structlog.tracebacks import ExceptionDictTransformer
 
 from observable_tasks.errors import TaskTimeoutError
 from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["TaskLogger", "add_trace_context", "configure_logging"]
 
 _F = LOG_FIELDS
+_get_running_loop = asyncio.events._get_running_loop  # None outside a loop, no exception
 # Module constants: compared per log line (attribute lookups on the logging module are not free).
 _DEBUG, _INFO, _WARNING, _ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
@@ -37,6 +39,10 @@ class TaskLogger(TelemetryPart):
 
     ``level`` (e.g. ``TaskConfig.log_level``) drops events below it before any work is done.
     Progress is logged when it moved by at least ``progress_step`` points, and at 100.
+
+    The last logged progress is remembered per running task, for at most ``max_tracked``
+    tasks (the oldest entry is dropped beyond: that task may then log one extra progress
+    line); an entry goes when its task ends.
     """
 
     name = "logs"
@@ -47,11 +53,22 @@ class TaskLogger(TelemetryPart):
         *,
         level: int = logging.INFO,
         progress_step: float = 10.0,
+        max_tracked: int = 1024,
     ) -> None:
+        if max_tracked < 1:
+            raise ValueError(f"max_tracked must be >= 1, got {max_tracked!r}")
         self._log = logger if logger is not None else structlog.get_logger("observable_tasks")
         self._level = level
         self._step = progress_step
+        self._max_tracked = max_tracked
+        # Insertion-ordered: the first key is the oldest entry.
         self._last_progress: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the tasks' loop, seen in begin()
+
+    @property
+    def tracked_progress(self) -> int:
+        """How many tasks' last logged progress is remembered now (at most ``max_tracked``)."""
+        return len(self._last_progress)
 
     @staticmethod
     def _fields(task: Task) -> dict[str, Any]:
@@ -83,6 +100,8 @@ class TaskLogger(TelemetryPart):
     def observes(self, hook: str) -> bool:
         if hook == "on_evicted":
             return self._level <= _DEBUG  # its only use is a DEBUG line
+        if hook == "on_progress":
+            return self._level <= _INFO  # no progress line is logged: nothing to keep either
         return super().observes(hook)
 
     def on_cancelled_pending(self, task: Task) -> None:
@@ -91,10 +110,22 @@ class TaskLogger(TelemetryPart):
             self._log.info(LOG_EVENTS["cancelled"], **self._fields_outside(task), was_running=False)
 
     def on_progress(self, task: Task, progress: float) -> None:
-        last = self._last_progress.get(task.id, -math.inf)
+        seen = self._last_progress
+        last = seen.get(task.id, -math.inf)
         if progress < 100.0 and progress - last < self._step:
             return
-        self._last_progress[task.id] = progress
+        seen[task.id] = progress
+        if len(seen) > self._max_tracked:
+            self._drop_oldest()
+        loop = self._loop
+        if loop is not None and _get_running_loop() is not loop:
+            # From a worker thread, this may come right after the task's end() (a timed-out or
+            # cancelled sync task's thread runs on): check again on the loop, once the task's
+            # ending is complete.
+            try:
+                loop.call_soon_threadsafe(self._forget_if_done, task)
+            except RuntimeError:  # the loop is closed: nothing of it runs any more
+                seen.pop(task.id, None)
         if self._level <= _INFO:
             fields = self._fields(task)
             fields[_F.PROGRESS] = round(progress, 2)
@@ -107,6 +138,18 @@ class TaskLogger(TelemetryPart):
             fields[_F.BLOCKED] = round(seconds, 3)
             self._log.warning(LOG_EVENTS["loop_stalled"], **fields)
 
+    def _drop_oldest(self) -> None:
+        seen = self._last_progress
+        while len(seen) > self._max_tracked:
+            try:
+                seen.pop(next(iter(seen)), None)
+            except (RuntimeError, StopIteration):  # changed by another thread meanwhile
+                continue
+
+    def _forget_if_done(self, task: Task) -> None:
+        if task.is_done:
+            self._last_progress.pop(task.id, None)
+
     def on_evicted(self, task: Task) -> None:
         self._last_progress.pop(task.id, None)
         if self._level <= _DEBUG:
@@ -116,6 +159,7 @@ class TaskLogger(TelemetryPart):
 
     def begin(self, task: Task) -> dict[str, Any]:
         bound: dict[str, Any] = {_F.TASK_ID: task.id, _F.TASK_NAME: task.name}
+        self._loop = _get_running_loop()
         ctx = trace.get_current_span().get_span_context()
         valid = ctx.is_valid  # a property that compares both ids: read once
         if valid:
@@ -188,12 +232,28 @@ def add_trace_context(
     return event_dict
 
 
+def _console_tracebacks(show_locals: bool) -> structlog.typing.ExceptionRenderer:
+    """The console renderer's exception formatter; locals only when asked for.
+
+    structlog's default is Rich's traceback *with* locals when Rich is installed (and
+    better-exceptions, which prints variable values, when only that is): without
+    ``show_locals``, Rich without locals, else structlog's plain formatter (no locals).
+    """
+    dev = structlog.dev
+    if show_locals:
+        return dev.default_exception_formatter
+    if getattr(dev, "rich", None) is not None:
+        return dev.RichTracebackFormatter(show_locals=False)
+    return dev.plain_traceback
+
+
 def configure_logging(
     *,
     json: bool | None = None,
     level: int | str = logging.INFO,
     stream: TextIO | None = None,
     cache_loggers: bool = True,
+    show_locals: bool = False,
 ) -> None:
     """Configure structlog for an app using observable_tasks (call it once, at start-up).
 
@@ -201,6 +261,12 @@ def configure_logging(
     console lines (development); ``None`` picks JSON unless ``stream`` is a terminal (env
     ``LOG_FORMAT=json|console`` overrides). ``cache_loggers=False`` keeps
     ``structlog.testing.capture_logs`` working. The library never calls this on import.
+
+    An exception (``task.failed`` carries one) is rendered as its type, message and frames
+    (file, line, function), never with the frames' local variables: they hold whatever the
+    code had at hand (passwords, tokens, personal data) and make every line kilobytes long.
+    ``show_locals=True`` adds them, for debugging only (JSON: values as structlog abbreviates
+    them; console: only with Rich installed, whose traceback shows them).
     """
     import os
 
@@ -218,12 +284,16 @@ def configure_logging(
         add_trace_context,
     ]
     if json:
+        # Not structlog.processors.dict_tracebacks: its transformer shows locals by default.
+        tracebacks = ExceptionDictTransformer(show_locals=show_locals)
         processors += [
-            structlog.processors.dict_tracebacks,
+            structlog.processors.ExceptionRenderer(tracebacks),
             structlog.processors.JSONRenderer(),
         ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer())
+        processors.append(
+            structlog.dev.ConsoleRenderer(exception_formatter=_console_tracebacks(show_locals))
+        )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

@@ -49,31 +49,51 @@ def is_multiprocess() -> bool:
 class LabelLimiter:
     """Admits at most ``limit`` distinct values of one label; the rest become ``__other__``.
 
-    Every folded value is counted in ``<ns>_label_overflow_total{label=...}`` so an exploding
-    label is visible instead of silently eating memory.
+    Each distinct value folded into ``__other__`` is counted once in
+    ``<ns>_label_overflow_total{label=...}`` (looking the same value up again does not count),
+    so an exploding label is visible instead of silently eating memory. To tell a new folded
+    value from a repeated one, up to ``remember_folded`` (default ``10 * limit``) folded values
+    are remembered; past that, further new values are still folded but no longer counted: the
+    counter then stays at ``remember_folded`` and reads "at least that many".
     """
 
-    def __init__(self, label: str, limit: int, overflow: Counter) -> None:
+    def __init__(
+        self, label: str, limit: int, overflow: Counter, *, remember_folded: int | None = None
+    ) -> None:
         if limit < 1:
             raise ValueError(f"the label cap must be >= 1, got {limit!r}")
         self.label = label
         self.limit = limit
+        self.remember_folded = 10 * limit if remember_folded is None else remember_folded
         self._seen: set[str] = set()
+        self._folded: set[str] = set()
+        self._lock = threading.Lock()  # taken only for values not admitted yet
         self._overflow = overflow.labels(label)
 
     def __call__(self, value: str) -> str:
         if value in self._seen:
             return value
-        if len(self._seen) >= self.limit:
-            self._overflow.inc()
-            return names.OVERFLOW_VALUE
-        self._seen.add(value)
-        return value
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+            folded = self._folded
+            if value not in folded and len(folded) < self.remember_folded:
+                folded.add(value)
+                self._overflow.inc()
+        return names.OVERFLOW_VALUE
 
     @property
     def seen(self) -> frozenset[str]:
         """Values admitted so far."""
         return frozenset(self._seen)
+
+    @property
+    def folded(self) -> int:
+        """Distinct values folded into ``__other__`` so far (counted up to ``remember_folded``)."""
+        return len(self._folded)
 
 
 class _Families:
