@@ -639,7 +639,14 @@ class TaskManager:
         return True
 
     def cleanup(self) -> int:
-        """Evict finished tasks older than ``task_result_ttl`` now; returns how many."""
+        """Evict finished tasks older than ``task_result_ttl`` now; returns how many.
+
+        On Redis, records expire by themselves (their TTL); this schedules the sweep of their
+        index entries and returns 0.
+        """
+        if self._remote is not None:
+            self._remote.schedule_sweep()
+            return 0
         cutoff = self._clock() - self.config.task_result_ttl
         history = self._history
         evicted = 0
@@ -707,6 +714,7 @@ class TaskManager:
         task = job.task
         task.status = TaskStatus.RUNNING
         task._mono_started = self._clock()
+        task.attempts = 1
         self._running += 1
         loop = self._loop
         assert loop is not None

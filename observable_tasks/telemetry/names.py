@@ -204,6 +204,7 @@ class ATTR:
     TASK_STATUS = "observable_tasks.task.status"
     TASK_TIMEOUT = "observable_tasks.task.timeout_s"
     TASK_QUEUE_WAIT = "observable_tasks.task.queue_wait_s"
+    TASK_ATTEMPT = "observable_tasks.task.attempt"
     SYSTEM_VALUE = "observable_tasks"
 
 

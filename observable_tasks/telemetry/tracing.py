@@ -104,6 +104,7 @@ class TaskTracer(TelemetryPart):
         wait = task.queue_wait
         if wait is not None:
             attributes[ATTR.TASK_QUEUE_WAIT] = wait
+        attributes[ATTR.TASK_ATTEMPT] = task.attempts  # a redelivery is a new span, same trace
         span = self._tracer.start_span(
             static.process_name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         )

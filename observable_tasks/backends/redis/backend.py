@@ -429,6 +429,7 @@ class RedisBackend:
             self._live[record.id] = task
         task.status = record.status
         task.progress = record.progress
+        task.attempts = record.attempts
         task._mono_started = record.started
         task._mono_finished = record.finished
         if record.headers:
@@ -487,6 +488,27 @@ class RedisBackend:
     def _on_cancel(self, task_id: str) -> None:
         if self.worker is not None:
             self.worker.cancel_local(task_id)
+
+    def schedule_sweep(self) -> None:
+        """Drop index entries of records evicted by their TTL (in the background)."""
+        if self._loop is None or self.scripts is None:
+            return
+        sweep = self._loop.create_task(self._sweep())
+        self._pending_io.add(sweep)
+        sweep.add_done_callback(self._io_done)
+
+    async def _sweep(self, batch: int = 500) -> int:
+        assert self.scripts is not None
+        cutoff = time.time() - self._ttl()
+        total = 0
+        while True:
+            try:
+                swept = await self.scripts.sweep(cutoff, count=batch)
+            except RedisError:
+                return total  # the next sweep tries again
+            total += swept
+            if swept < batch:
+                return total
 
     # -- queue-wide facts (for metrics at scrape time) --------------------------------------
 

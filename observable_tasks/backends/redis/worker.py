@@ -232,6 +232,7 @@ class Worker:
             backend._live[task.id] = task
         task.status = TaskStatus.RUNNING
         task._mono_started = time.time()
+        task.attempts = claimed.attempt
         if claimed.headers:
             task._headers = dict(claimed.headers)
         job = _RemoteJob(task, func, args, kwargs, shape)
