@@ -76,7 +76,7 @@ async def test_what_cannot_cross_processes_is_refused_at_the_call(
         await web.create_task(lambda: None)
     with pytest.raises(TypeError, match="inside another function"):
         await web.create_task(nested)
-    with pytest.raises(TypeError, match="argument 'value'.*cannot be serialized"):
+    with pytest.raises(TypeError, match=r"argument 'value'.*cannot be serialized"):
         await web.create_task(echo, value=object())
     with pytest.raises(TypeError, match="cannot be serialized"):
         await web.create_task(echo, float("nan"))
@@ -109,7 +109,8 @@ async def test_a_record_naming_a_function_not_allowed_never_runs(
 ) -> None:
     web, _ = pair
     backend = web.backend
-    assert backend is not None and backend.scripts is not None
+    assert backend is not None
+    assert backend.scripts is not None
     marker = tmp_path / "pwned"
     # Whoever can write to Redis writes a task naming os.system.
     await backend.scripts.enqueue(
@@ -163,7 +164,7 @@ async def test_the_result_ttl_evicts_finished_records(redis_url: str) -> None:
 async def test_a_sync_task_creates_tasks_from_its_thread(
     pair: tuple[TaskManager, TaskManager],
 ) -> None:
-    web, worker = pair
+    web, _worker = pair
     parent = await web.create_task(spawn_child, 7)
     done = await web.wait_for_task(parent.id, timeout=10)
     assert done.status is TaskStatus.COMPLETED, done.error
