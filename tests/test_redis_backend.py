@@ -207,3 +207,27 @@ def test_the_url_is_shown_without_its_password() -> None:
     backend = RedisBackend("redis://user:s3cret@localhost:1/0")
     assert "s3cret" not in backend.url
     assert "s3cret" not in repr(TaskManager(backend=backend))
+
+
+async def test_a_manager_starts_while_redis_is_down_and_works_once_it_is_up(
+    tmp_path: Path,
+) -> None:
+    from observable_tasks.backends.redis import TaskBackendError
+
+    server = RedisServer(tmp_path / "late")  # not started yet
+    manager = TaskManager(
+        TaskConfig(), backend=RedisBackend(server.url, lease=1.0, allow=[__name__])
+    )
+    try:
+        await manager.start()  # does not fail: the worker and listener retry in the background
+        began = time.monotonic()
+        with pytest.raises(TaskBackendError, match="unavailable"):
+            await manager.create_task(echo, 1)
+        assert time.monotonic() - began < 3.0  # a clear error at once, never a hang
+        server.start()
+        task = await manager.create_task(echo, 2)
+        done = await manager.wait_for_task(task.id, timeout=10)
+        assert done.result == 2
+    finally:
+        await manager.shutdown(timeout=1.0)
+        server.stop()

@@ -37,7 +37,7 @@ class Listener:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._pubsub.subscribe(self._keys.cancel_channel)
+        # Subscribing happens in the reader: Redis may be down now and come back later.
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def stop(self) -> None:
@@ -72,8 +72,12 @@ class Listener:
         cancel = self._keys.cancel_channel.encode()
         done_prefix = self._keys.done_channel("").encode()
         backoff = 0.05
+        subscribed = False
         while True:
             try:
+                if not subscribed:
+                    await self._pubsub.subscribe(self._keys.cancel_channel)
+                    subscribed = True
                 message = await self._pubsub.get_message(timeout=1.0)
                 backoff = 0.05
             except RedisError as exc:

@@ -93,8 +93,15 @@ class Worker:
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.scripts.ensure_group()
-        await self.scripts.renew(self.id, [], lease_ms=self._lease_ms)  # announces this worker
+        try:
+            await self.scripts.ensure_group()
+            await self.scripts.renew(self.id, [], lease_ms=self._lease_ms)  # announces itself
+        except RedisError as exc:
+            # Redis is down now: the claim loop retries with backoff (and creates the group).
+            logger.warning(
+                "observable_tasks: worker %s starts without Redis at %s (%s); retrying",
+                self.id, self.backend.url, exc,
+            )  # fmt: skip
         self._claiming = self._loop.create_task(self._claim_loop())
         self._renewing = self._loop.create_task(self._renew_loop())
 
