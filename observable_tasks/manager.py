@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import enum
 import inspect
 import logging
@@ -22,18 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 from observable_tasks._awaitable import Done
 from observable_tasks.config import TaskConfig
-from observable_tasks.current import current_var, remember_manager
-from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError, TaskTimeoutError
-from observable_tasks.invocation import CallShape, Invocation, check_call
+from observable_tasks.current import remember_manager
+from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError
+from observable_tasks.invocation import check_call
+from observable_tasks.job import _NO_KWARGS, _ended_cancelled, _Job, check_progress, check_timeout
 from observable_tasks.middleware import (
     OBSERVER_HOOKS,
     TaskMiddleware,
     TaskObserver,
-    build_chain,
     guard,
-    outcome_status,
 )
-from observable_tasks.status import TaskStatus, check_transition
+from observable_tasks.scheduler import MemoryScheduler
+from observable_tasks.status import TaskStatus
 from observable_tasks.task import Task, new_task_id
 from observable_tasks.threads import SyncThreads
 from observable_tasks.watchdog import LoopWatchdog, log_stall
@@ -48,36 +47,8 @@ logger = logging.getLogger("observable_tasks")
 TaskCallback = Callable[[Task], Awaitable[None] | None]
 """Called with the task once it reaches a final status (sync or async)."""
 
-_NO_KWARGS: dict[str, Any] = {}  # shared, never mutated (Invocation.start copies to inject)
 _HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
 _get_running_loop = asyncio.events._get_running_loop
-
-
-def check_progress(progress: object) -> None:
-    """``ValueError`` unless ``progress`` is a number from 0 to 100 (NaN is rejected)."""
-    if isinstance(progress, bool) or not isinstance(progress, (int, float)):
-        raise ValueError(f"progress must be a number from 0 to 100, got {progress!r}")
-    if not (0.0 <= progress <= 100.0):  # written this way so that NaN fails too
-        raise ValueError(f"progress must be from 0 to 100, got {progress!r}")
-
-
-def check_timeout(timeout: object, what: str = "timeout") -> None:
-    """``ValueError`` unless ``timeout`` is a finite number of seconds > 0.
-
-    NaN must never reach the event loop: a NaN timer poisons its heap ordering, so that other
-    tasks' timers fire late.
-    """
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not (math.isfinite(timeout) and timeout > 0)
-    ):
-        raise ValueError(f"{what} must be a finite number of seconds > 0, got {timeout!r}")
-
-
-def _ended_cancelled(task: Task) -> bool:
-    # A function of its own: mypy would keep the status narrowed across the await otherwise.
-    return task.status is TaskStatus.CANCELLED
 
 
 class _State(enum.Enum):
@@ -87,58 +58,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-def _spent(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("this task's function already ran")
-
-
-class _Job(Invocation):
-    """Execution-side state of one task (and the call it makes), private to the manager."""
-
-    __slots__ = (
-        "aio",
-        "callbacks",
-        "cancel_requested",
-        "entered",
-        "error",
-        "has_outcome",
-        "result",
-        "task",
-        "timed_out",
-        "waiters",
-    )
-
-    def __init__(
-        self,
-        task: Task,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        shape: CallShape,
-    ) -> None:
-        # Invocation's fields set here rather than through super().__init__: this is per task.
-        self.func = func
-        self.args = args
-        self.kwargs = kwargs
-        self.shape = shape
-        self.task = task
-        self.aio: asyncio.Task[None] | None = None
-        # Allocated on first use: most tasks have neither (memory per task matters).
-        self.waiters: list[asyncio.Future[None]] | None = None
-        self.callbacks: list[TaskCallback] | None = None
-        self.timed_out = False
-        self.entered = False
-        self.cancel_requested = False
-        self.has_outcome = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def record(self, result: Any = None, error: BaseException | None = None) -> None:
-        self.has_outcome = True
-        self.result = result
-        self.error = error
-
-
-class TaskManager:
+class TaskManager(MemoryScheduler):
     """Runs background tasks with a concurrency limit, timeouts, cancellation and history.
 
     ``TaskManager(config)`` works standalone (no app needed); ``setup_tasks(app)`` makes one and
@@ -654,245 +574,6 @@ class TaskManager:
             self._forget(history.popleft())
             evicted += 1
         return evicted
-
-    # -- internals: scheduling ----------------------------------------------------------------
-
-    def _on_loop_thread(self) -> bool:
-        """Bind to the running loop if we may; True when called on the manager's loop."""
-        loop = _get_running_loop()  # None outside a loop, where get_running_loop() raises
-        if loop is not None and loop is self._loop:
-            return True
-        bound = self._loop
-        if loop is not None and (bound is None or bound.is_closed() or not self._jobs_active()):
-            self._bind(loop)
-            return True
-        if bound is None or bound.is_closed():
-            raise RuntimeError(
-                "this TaskManager has no running event loop yet: create the first task from "
-                "async code (or call 'await manager.start()')"
-            )
-        return False
-
-    def _running_jobs(self) -> list[_Job]:
-        # A snapshot (list() of a dict is atomic): scrapes may call this from other threads.
-        running = TaskStatus.RUNNING
-        return [job for job in list(self._jobs.values()) if job.task.status is running]
-
-    def _jobs_active(self) -> bool:
-        return bool(self._running or self._pending)
-
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        if self._cleanup_handle is not None:
-            self._cleanup_handle.cancel()
-        self._cleanup_handle = loop.call_later(self.config.cleanup_interval, self._cleanup_tick)
-        if self._watchdog is not None:
-            self._watchdog.start(loop)
-
-    def _cleanup_tick(self) -> None:
-        try:
-            self.cleanup()
-        except Exception as exc:  # never let the sweeper die
-            self.report_internal_error("cleanup", exc)
-        if self._state in (_State.IDLE, _State.RUNNING) and self._loop is not None:
-            self._cleanup_handle = self._loop.call_later(
-                self.config.cleanup_interval, self._cleanup_tick
-            )
-
-    def _admit(self, job: _Job) -> None:
-        if job.task.status is not TaskStatus.PENDING:
-            return  # cancelled before it was admitted
-        if not self._accepting:
-            self._cancel_pending(job)
-        elif self._running < self.config.max_concurrent_tasks:
-            self._start(job)
-        else:
-            self._pending.append(job)
-
-    def _start(self, job: _Job) -> None:
-        # Only ever called with a PENDING job (see _admit), so PENDING -> RUNNING is valid.
-        task = job.task
-        task.status = TaskStatus.RUNNING
-        task._mono_started = self._clock()
-        task.attempts = 1
-        self._running += 1
-        loop = self._loop
-        assert loop is not None
-        # A fresh context: a task must not inherit whatever the creating request (or the task
-        # that freed its slot) had current. Middleware sets up what the task should see.
-        ctx = contextvars.Context()
-        if _HAS_TASK_CONTEXT:
-            job.aio = loop.create_task(self._run(job), context=ctx)  # type: ignore[call-arg]
-        else:  # pragma: no cover - Python 3.10
-            job.aio = ctx.run(loop.create_task, self._run(job))
-        # Nothing may cancel job.aio before its first step (its body, and so _finish, would never
-        # run): cancel_task() sets cancel_requested instead, and shutdown() force-finishes.
-
-    async def _run(self, job: _Job) -> None:
-        job.entered = True
-        task = job.task
-        current_var.set((self, task))
-        try:
-            if self._middleware:
-                chain = self._chain
-                if chain is None:
-                    chain = self._chain = build_chain(
-                        [mw for _, mw in self._middleware], self._execute
-                    )
-                await chain(task)
-            else:
-                # No middleware: _execute's work inlined, one coroutine less per task.
-                handle = None if task.timeout is None else self._arm_timeout(job)
-                try:
-                    if job.cancel_requested:  # cancel_task() came before the first step
-                        raise asyncio.CancelledError
-                    result = await job.start(task.id, self._threads)
-                except BaseException as exc:
-                    self._failure(job, exc)
-                    raise
-                finally:
-                    if handle is not None:
-                        handle.cancel()
-                job.has_outcome = True
-                job.result = result
-        except (Exception, asyncio.CancelledError) as exc:
-            if not job.has_outcome:
-                job.record(error=exc)
-        except BaseException as exc:  # KeyboardInterrupt/SystemExit: record, then let it go
-            if not job.has_outcome:
-                job.record(error=exc)
-            self._finish(job)
-            raise
-        self._finish(job)
-
-    async def _execute(self, task: Task) -> Any:
-        """Innermost link of the middleware chain: run the function under its timeout."""
-        job = self._jobs[task.id]
-        handle = self._arm_timeout(job)
-        try:
-            result = await self._invoke(job)
-        except BaseException as exc:
-            error = self._failure(job, exc)
-            # The outcome is recorded before the middleware sees it: task.status is final when
-            # call_next returns or raises (as on the Redis backend, where this is a write).
-            self._finish(job)
-            if error is exc:
-                raise
-            raise error from None
-        finally:
-            if handle is not None:
-                handle.cancel()
-        job.record(result)
-        self._finish(job)
-        return result
-
-    def _arm_timeout(self, job: _Job) -> asyncio.TimerHandle | None:
-        timeout = job.task.timeout
-        if timeout is None:
-            return None
-        assert self._loop is not None
-        return self._loop.call_later(timeout, self._expire, job)
-
-    def _invoke(self, job: _Job) -> Awaitable[Any]:
-        if job.cancel_requested:  # cancel_task() came before the task's first step
-            raise asyncio.CancelledError
-        return job.start(job.task.id, self._threads)
-
-    def _failure(self, job: _Job, exc: BaseException) -> BaseException:
-        """Record what an execution that raised ``exc`` ended with, and return it.
-
-        The cancellation our own timeout caused becomes a :class:`TaskTimeoutError` (and the
-        asyncio task is un-cancelled, so that the middleware above sees a plain exception).
-        """
-        if job.timed_out and isinstance(exc, asyncio.CancelledError):
-            current = asyncio.current_task()
-            if current is not None and hasattr(current, "uncancel"):
-                current.uncancel()
-            assert job.task.timeout is not None
-            exc = TaskTimeoutError(job.task.timeout)
-        job.record(error=exc)
-        return exc
-
-    def _expire(self, job: _Job) -> None:
-        if job.aio is not None and not job.task.is_done:
-            job.timed_out = True
-            job.aio.cancel()
-
-    # -- internals: endings -------------------------------------------------------------------
-
-    def _cancel_pending(self, job: _Job) -> None:
-        task = job.task
-        check_transition(task.status, TaskStatus.CANCELLED)
-        with contextlib.suppress(ValueError):  # not admitted yet (created from another thread)
-            self._pending.remove(job)
-        task.status = TaskStatus.CANCELLED
-        task._mono_finished = self._clock()
-        self._notify("on_cancelled_pending", task)
-        self._settle(job)
-
-    def _finish(self, job: _Job, *, forced: bool = False) -> None:
-        task = job.task
-        if task.status is not TaskStatus.RUNNING:
-            return  # already forced to CANCELLED during shutdown
-        # RUNNING may move to any final status: no transition check needed.
-        task._mono_finished = self._clock()
-        if forced or not job.has_outcome:
-            task.status = TaskStatus.CANCELLED
-        elif job.error is None:
-            task.result = job.result
-            task.status = TaskStatus.COMPLETED
-        else:
-            status = outcome_status(job.error)
-            if status is not TaskStatus.CANCELLED:
-                task.error = job.error
-            task.status = status
-        self._running -= 1
-        self._settle(job)
-        if self._pending:
-            self._admit_next()
-
-    def _admit_next(self) -> None:
-        limit = self.config.max_concurrent_tasks
-        while self._pending and self._running < limit and self._accepting:
-            self._start(self._pending.popleft())
-
-    def _settle(self, job: _Job) -> None:
-        """Common ending: wake waiters, run callbacks, file into history (or forget)."""
-        task = job.task
-        # Drop references to the function and its arguments as soon as possible.
-        job.func, job.args, job.kwargs = _spent, (), _NO_KWARGS
-        job.aio = None
-        self._jobs.pop(task.id, None)  # only the Task stays in history, not its execution state
-        if job.waiters:
-            for waiter in job.waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            job.waiters = None
-        if job.callbacks:
-            for callback in job.callbacks:
-                self._run_callback(callback, task)
-            job.callbacks = None
-        config = self.config
-        limit = config.max_task_history
-        if not config.enable_task_history or limit == 0:
-            self._forget(task)
-            return
-        history = self._history
-        history.append(task)
-        while len(history) > limit:
-            old = history.popleft()  # _forget(), inlined: once per task with a full history
-            if self._tasks.pop(old.id, None) is not None and self._listeners["on_evicted"]:
-                self._notify("on_evicted", old)
-        # TTL on completion too; checked inline here as this runs for every task.
-        if (history[0]._mono_finished or 0.0) <= (
-            (task._mono_finished or 0.0) - config.task_result_ttl
-        ):
-            self.cleanup()
-
-    def _forget(self, task: Task) -> None:
-        known = self._tasks.pop(task.id, None)
-        if known is not None and self._listeners["on_evicted"]:
-            self._notify("on_evicted", task)
 
     # -- internals: failsafe hooks ------------------------------------------------------------
 

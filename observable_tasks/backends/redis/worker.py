@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from ...current import current_var
 from ...invocation import CallShape, check_call, function_name
-from ...manager import _NO_KWARGS, _Job
+from ...job import _NO_KWARGS, _Job
 from ...middleware import build_chain, outcome_status
 from ...status import TaskStatus
 from ...task import Task
