@@ -14,6 +14,9 @@ __all__ = ["main"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _MAX_BODY_BYTES = 1024 * 1024  # demo.DEFAULT_MAX_BODY_BYTES (not imported: --help stays quick)
+BACKEND_ENV = "OBSERVABLE_TASKS_BACKEND"  # backends.redis.BACKEND_ENV (not imported, as above)
+_FROM_ENV = f"${BACKEND_ENV}"  # --backend's default, read at run time: --help shows no password
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _version() -> str:
@@ -87,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="Nexios debug mode: a 500 shows the traceback; never on a reachable server "
         "(env DEMO_DEBUG=1)",
     )
+    demo.add_argument(
+        "--backend",
+        default=_FROM_ENV,
+        metavar="URL",
+        help="where tasks live: 'memory' (each process its own tasks) or a Redis URL "
+        "(redis://[:password@]host:6379/0, rediss:// for TLS) that every worker process and "
+        f"machine shares; 'memory' when {BACKEND_ENV} is not set either",
+    )
+    demo.add_argument(
+        "--no-worker",
+        action="store_true",
+        default=_env_flag("DEMO_NO_WORKER"),
+        help="web only: these processes run no tasks, dedicated workers do "
+        "('observable-tasks worker --backend URL observable_tasks.demo'); needs a Redis "
+        "--backend (env DEMO_NO_WORKER=1)",
+    )
     return parser
 
 
@@ -111,6 +130,21 @@ def _demo(args: argparse.Namespace) -> int:
         raise SystemExit("--max-concurrent-tasks must be >= 1")
     if args.max_body_bytes < 1:
         raise SystemExit("--max-body-bytes must be >= 1")
+    backend = _backend(args.backend)
+    if args.no_worker and backend == "memory":
+        raise SystemExit(
+            "--no-worker needs a Redis backend (--backend redis://host:6379/0): with the "
+            "memory backend no process would run the tasks"
+        )
+    if args.workers > 1 and backend == "memory":
+        print(
+            f"observable-tasks: warning: {args.workers} worker processes with the memory "
+            "backend: each process has its own tasks, so a lookup answered by another process "
+            "is a 404; share them with --backend redis://host:6379/0",
+            file=sys.stderr,
+        )
+    os.environ[BACKEND_ENV] = backend  # setup_tasks reads it in every worker process
+    os.environ["DEMO_NO_WORKER"] = "1" if args.no_worker else "0"
     # Environment variables reach every worker process (they import the app anew).
     os.environ["DEMO_MAX_CONCURRENT_TASKS"] = str(args.max_concurrent_tasks)
     os.environ["DEMO_MAX_BODY_BYTES"] = str(args.max_body_bytes)
@@ -150,6 +184,20 @@ def _demo(args: argparse.Namespace) -> int:
         for folder in made:
             shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def _backend(value: str) -> str:
+    """``--backend`` checked: ``"memory"`` or a Redis URL (errors never show a password)."""
+    if value == _FROM_ENV:
+        value = os.environ.get(BACKEND_ENV, "").strip() or "memory"
+    if value == "memory" or value.startswith(_REDIS_SCHEMES):
+        return value
+    from observable_tasks.backends.redis.client import redact
+
+    raise SystemExit(
+        f"--backend must be 'memory' or a Redis URL (redis://, rediss://, unix://), "
+        f"got {redact(value)!r}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
