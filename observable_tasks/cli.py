@@ -143,6 +143,8 @@ def _demo(args: argparse.Namespace) -> int:
             "is a 404; share them with --backend redis://host:6379/0",
             file=sys.stderr,
         )
+    if backend != "memory":
+        _check_redis(backend)
     os.environ[BACKEND_ENV] = backend  # setup_tasks reads it in every worker process
     os.environ["DEMO_NO_WORKER"] = "1" if args.no_worker else "0"
     # Environment variables reach every worker process (they import the app anew).
@@ -198,6 +200,25 @@ def _backend(value: str) -> str:
         f"--backend must be 'memory' or a Redis URL (redis://, rediss://, unix://), "
         f"got {redact(value)!r}"
     )
+
+
+def _check_redis(url: str) -> None:
+    """Exit with a clear message now if Redis cannot be reached: the app's start-up hooks are
+    run by Nexios, which logs a failing one and serves on (every create_task would fail)."""
+    import redis
+    from redis.exceptions import RedisError
+
+    from observable_tasks.backends.redis.client import redact
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except RedisError as exc:
+        raise SystemExit(
+            f"observable-tasks: cannot reach Redis at {redact(url)} ({type(exc).__name__}: {exc})"
+        ) from None
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

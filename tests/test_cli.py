@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import poll_task
+from helpers import free_port, poll_task
 from server_process import serve
 
 from observable_tasks import cli, demo
@@ -115,6 +115,7 @@ def _run_demo(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> dict[str, Any
     import observable_tasks.telemetry.logs as logs
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(cli, "_check_redis", lambda url: seen.update(checked=url))
     # This test process keeps its own logging set-up.
     monkeypatch.setattr(telemetry, "configure_logging", lambda **kw: None)
     monkeypatch.setattr(logs, "capture_stdlib_logging", lambda level=0: None)
@@ -163,6 +164,18 @@ def test_demo_passes_its_options_to_the_workers(
     assert seen["data_mode"] == 0o700
     assert seen["sample"]
     assert not Path(seen["env"]["DEMO_DATA_DIR"]).exists()  # removed at exit
+    # Redis is checked before the server starts; the memory backend needs no check.
+    backend = seen["env"]["OBSERVABLE_TASKS_BACKEND"]
+    assert seen.get("checked") == (None if backend == "memory" else backend)
+
+
+def test_unreachable_redis_stops_the_demo_at_once() -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    with pytest.raises(SystemExit) as refused:
+        cli._check_redis(url)
+    message = str(refused.value)
+    assert "cannot reach Redis at redis://:***@127.0.0.1:" in message
+    assert "s3cret" not in message
 
 
 def test_backend_and_no_worker_defaults_come_from_the_environment(
