@@ -90,14 +90,18 @@ def pid(span: ReceivedSpan) -> int:
     return int(span.resource["process.pid"])
 
 
+def _path(span: ReceivedSpan) -> str:
+    target = str(span.attributes.get("http.target") or span.attributes.get("url.path") or "")
+    return target.split("?", 1)[0]
+
+
 def request_spans(receiver: OTLPReceiver, path: str) -> list[ReceivedSpan]:
     """SERVER spans of the requests whose URL path is ``path`` (or starts with it, ``.../``)."""
 
     def matches(span: ReceivedSpan) -> bool:
         if span.kind != "SERVER":
             return False
-        target = str(span.attributes.get("http.target") or span.attributes.get("url.path") or "")
-        target = target.split("?", 1)[0]
+        target = _path(span)
         return target == path or (path.endswith("/") and target.startswith(path))
 
     return [s for s in receiver.spans if matches(s)]
@@ -290,7 +294,15 @@ def check_lookups(url: str, receiver: OTLPReceiver, expected: dict[str, str]) ->
     spans: list[ReceivedSpan] = wait_until(status_spans, timeout=15, message="request spans")
     per_process = collections.Counter(pid(s) for s in spans)
     assert len(per_process) == 2, per_process
-    assert min(per_process.values()) >= LOOKUPS // 10, per_process
+    # ... and many of them were answered by a process that did not create the task (the
+    # task's PRODUCER span is exported by the process that created it): each one of those was
+    # a 404 on the memory backend.
+    producers = receiver.wait_for_spans(
+        kind="PRODUCER", count=len(ids), timeout=15, predicate=lambda s: _task_of(s) in expected
+    )
+    created_by = {_task_of(s): pid(s) for s in producers}
+    cross = sum(1 for s in spans if pid(s) != created_by[_path(s).rsplit("/", 1)[1]])
+    assert cross > 0, (per_process, collections.Counter(created_by.values()))
 
 
 def check_listing(url: str, receiver: OTLPReceiver, expected: dict[str, str]) -> None:
@@ -332,7 +344,7 @@ def cancel_one(url: str, receiver: OTLPReceiver) -> tuple[int, int]:
     cancel = request(url, "POST", f"/tasks/{task_id}/cancel")
     took = time.monotonic() - started
     assert cancel.json() == {"success": True, "task_id": task_id}
-    assert took < 5.0, f"cancel took {took:.2f}s"
+    assert took < 2.0, f"cancel took {took:.2f}s"  # about 30-60 ms here, HTTP included
     assert request(url, "GET", f"/status/{task_id}").json()["status"] == "CANCELLED"
     # Again, from any process: nothing is left to cancel.
     assert request(url, "POST", f"/tasks/{task_id}/cancel").json()["success"] is False
