@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="server worker processes; >1 turns on Prometheus multiprocess mode",
+        help="server worker processes; >1 turns on Prometheus multiprocess mode (they share "
+        "their tasks only on a Redis --backend)",
     )
     demo.add_argument(
         "--log-level",
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent-tasks",
         type=int,
         default=_env_int("DEMO_MAX_CONCURRENT_TASKS", 50),
-        help="the demo's concurrency limit (env DEMO_MAX_CONCURRENT_TASKS)",
+        help="tasks each executing process runs at once, the rest wait "
+        "(env DEMO_MAX_CONCURRENT_TASKS)",
     )
     demo.add_argument(
         "--max-body-bytes",
