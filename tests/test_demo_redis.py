@@ -402,11 +402,12 @@ def test_web_only_processes_and_a_dedicated_worker(
     tmp_path: Path,
     dedicated_worker: subprocess.Popen[bytes],
 ) -> None:
-    args = ["demo", "--workers", "2", "--backend", redis_url, "--no-worker"]
+    # As docker-compose.yml runs the app: the backend from OBSERVABLE_TASKS_BACKEND.
+    args = ["demo", "--workers", "2", "--no-worker"]
     with serve(
         [*args, "--log-level", "warning"],
         log_dir=tmp_path,
-        env=demo_env(receiver, data_dir),
+        env={**demo_env(receiver, data_dir), "OBSERVABLE_TASKS_BACKEND": redis_url},
         name="demo",
         uvicorn=False,
         startup_timeout=60,
