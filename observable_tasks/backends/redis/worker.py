@@ -49,9 +49,10 @@ _HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
 class _RemoteJob(_Job):
     """A claimed task's execution state: the attempt number fences every write."""
 
-    __slots__ = ("attempt", "lost", "released")
+    __slots__ = ("attempt", "finishing", "lost", "released")
 
     attempt: int
+    finishing: bool
     lost: bool
     released: bool
 
@@ -79,6 +80,7 @@ class Worker:
         self._claiming: asyncio.Task[None] | None = None
         self._renewing: asyncio.Task[None] | None = None
         self._dirty: dict[str, float] = {}
+        self._flushing: dict[str, float] = {}  # the batch _flush is writing now
         self._flusher: asyncio.Task[None] | None = None
         self._chain: tuple[int, Callable[[Task], Awaitable[Any]]] | None = None
         self._loop = asyncio.get_running_loop()
@@ -244,6 +246,7 @@ class Worker:
             task._headers = dict(claimed.headers)
         job = _RemoteJob(task, func, args, kwargs, shape)
         job.attempt, job.lost, job.released = claimed.attempt, False, False
+        job.finishing = False
         self._jobs[task.id] = job
         ctx = contextvars.Context()  # nothing of the claim loop leaks into the task
         if _HAS_TASK_CONTEXT:
@@ -315,7 +318,8 @@ class Worker:
         if status is TaskStatus.FAILED or status is TaskStatus.TIMEOUT:
             assert error is not None
             error_bytes = json.dumps(error_info(error)).encode()
-        write = self._loop.create_task(self._finish(job, status, result_bytes, error_bytes))
+        job.finishing = True  # a progress write refused from now on is no lost lease
+        write = self._loop.create_task(self._settle(job, status, result_bytes, error_bytes))
         try:
             accepted = await asyncio.shield(write)
         except asyncio.CancelledError:
@@ -328,6 +332,21 @@ class Worker:
             elif status is not TaskStatus.CANCELLED:
                 task.error = error
             task.status = status
+
+    async def _settle(
+        self, job: _RemoteJob, status: TaskStatus, result: bytes | None, error: bytes | None
+    ) -> bool:
+        """The task's last progress, then its outcome: FINISH ends the fenced writes, so a
+        progress write still queued or in flight after it would be refused and lost."""
+        task_id = job.task.id
+        flusher = self._flusher
+        if task_id in self._flushing and flusher is not None and not flusher.done():
+            await asyncio.wait({flusher}, timeout=self.backend.lease)
+        progress = self._dirty.pop(task_id, None)
+        if progress is not None:
+            with contextlib.suppress(RedisError):
+                await self.scripts.progress(task_id, job.attempt, self.id, progress)
+        return await self._finish(job, status, result, error)
 
     async def _finish(
         self, job: _RemoteJob, status: TaskStatus, result: bytes | None, error: bytes | None
@@ -379,20 +398,26 @@ class Worker:
             self._flusher = self._loop.create_task(self._flush())
 
     async def _flush(self) -> None:
-        while self._dirty:
-            batch, self._dirty = self._dirty, {}
-            for task_id, progress in batch.items():
-                job = self._jobs.get(task_id)
-                if job is None:
-                    continue
-                try:
-                    answer = await self.scripts.progress(task_id, job.attempt, self.id, progress)
-                except RedisError:
-                    continue
-                if answer == 1:
-                    self.cancel_local(task_id)
-                elif answer == -1:
-                    self._lose(task_id)
+        try:
+            while self._dirty:
+                batch, self._dirty = self._dirty, {}
+                self._flushing = batch
+                for task_id, progress in batch.items():
+                    job = self._jobs.get(task_id)
+                    if job is None:
+                        continue
+                    try:
+                        answer = await self.scripts.progress(
+                            task_id, job.attempt, self.id, progress
+                        )
+                    except RedisError:
+                        continue
+                    if answer == 1:
+                        self.cancel_local(task_id)
+                    elif answer == -1 and not job.finishing:
+                        self._lose(task_id)
+        finally:
+            self._flushing = {}
 
 
 def _spent(*args: Any, **kwargs: Any) -> Any:
