@@ -231,3 +231,19 @@ async def test_a_manager_starts_while_redis_is_down_and_works_once_it_is_up(
     finally:
         await manager.shutdown(timeout=1.0)
         server.stop()
+
+
+def test_a_ready_tls_client_keeps_tls_for_the_blocking_reads() -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url("rediss://:pw@localhost:6390/2", ssl_cert_reqs="none")
+    sync = RedisBackend(client)._sync_client()
+    kwargs = sync.connection_pool.connection_kwargs
+    assert "SSL" in sync.connection_pool.connection_class.__name__
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == (
+        "localhost",
+        6390,
+        2,
+        "pw",
+    )
+    assert kwargs["ssl_cert_reqs"] == "none"

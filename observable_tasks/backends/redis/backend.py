@@ -341,9 +341,14 @@ class RedisBackend:
                 pool = getattr(self._target, "connection_pool", self._target)
                 kw = dict(getattr(pool, "connection_kwargs", {}))
                 allowed = ("host", "port", "db", "username", "password", "path")
-                options = {k: kw[k] for k in allowed if k in kw}
+                options: dict[str, Any] = {k: kw[k] for k in allowed if k in kw}
                 if "path" in options:
                     options["unix_socket_path"] = options.pop("path")
+                connection_class = getattr(pool, "connection_class", None)
+                if connection_class is not None and "SSL" in connection_class.__name__:
+                    # A TLS client: the blocking reads must use TLS too, with the same settings.
+                    options["ssl"] = True
+                    options.update({k: v for k, v in kw.items() if k.startswith("ssl_")})
                 self._sync = redis.Redis(
                     **options, socket_timeout=timeout, socket_connect_timeout=timeout
                 )
