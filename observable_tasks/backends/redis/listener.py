@@ -49,6 +49,26 @@ class Listener:
         with contextlib.suppress(RedisError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _resubscribe(self) -> None:
+        """A new pub/sub connection with every channel of the old one.
+
+        redis-py's asyncio ``PubSub`` does not reconnect once the server closed its connection
+        (a Redis restart): every later read raises "Connection closed by server". So the
+        listener replaces it, subscribing the cancel channel and the channels waited on here.
+        """
+        channels = [self._keys.cancel_channel]
+        channels += [self._keys.done_channel(task_id) for task_id in self._waiters]
+        fresh = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await fresh.subscribe(*channels)
+        except BaseException:
+            with contextlib.suppress(RedisError):
+                await fresh.aclose()  # type: ignore[no-untyped-call]
+            raise
+        old, self._pubsub = self._pubsub, fresh
+        with contextlib.suppress(RedisError):
+            await old.aclose()  # type: ignore[no-untyped-call]
+
     @contextlib.asynccontextmanager
     async def watching(self, task_id: str) -> AsyncIterator[asyncio.Future[None]]:
         """A future set when ``done:<id>`` is published (subscribed before the caller reads)."""
@@ -72,16 +92,24 @@ class Listener:
         cancel = self._keys.cancel_channel.encode()
         done_prefix = self._keys.done_channel("").encode()
         backoff = 0.05
+        lost = False
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
-                backoff = 0.05
             except RedisError as exc:
                 # Redis restarted or unreachable: redis-py resubscribes when it reconnects.
-                logger.warning("observable_tasks: pub/sub connection lost (%s); retrying", exc)
+                if not lost:  # once per outage, not once per retry
+                    logger.warning("observable_tasks: pub/sub connection lost (%s); retrying", exc)
+                    lost = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+                with contextlib.suppress(RedisError):
+                    await self._resubscribe()
                 continue
+            if lost:
+                logger.warning("observable_tasks: pub/sub connection to Redis restored")
+                lost = False
+            backoff = 0.05
             if message is None or message.get("type") != "message":
                 continue
             channel, data = message["channel"], message["data"]
