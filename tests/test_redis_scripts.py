@@ -500,3 +500,27 @@ async def test_a_coalesced_batch_fails_every_call_when_redis_is_unreachable(
     results = await asyncio.gather(*(add(s, f"x{i}") for i in range(1, 4)), return_exceptions=True)
     assert all(isinstance(e, (aioredis.ConnectionError, OSError)) for e in results), results
     await client.aclose()
+
+
+async def test_a_traced_record_stays_a_compact_listpack(
+    r: aioredis.Redis, scripts: Scripts
+) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await add(scripts, "tp", headers={"traceparent": traceparent}, name="send_email")
+    assert await r.hget(K.task("tp"), "headers") == traceparent.encode()  # bare: 55 bytes
+    assert await r.object("encoding", K.task("tp")) == b"listpack"
+    assert (await record(r, "tp")).headers == {"traceparent": traceparent}
+    batch = await scripts.claim("w1", count=1, lease_ms=30_000)
+    assert batch.started[0].headers == {"traceparent": traceparent}
+    both = {"traceparent": traceparent, "tracestate": "k=v"}
+    await add(scripts, "ts", headers=both)
+    assert (await record(r, "ts")).headers == both  # anything else: JSON
+
+
+def test_headers_round_trip() -> None:
+    from observable_tasks.backends.redis.records import decode_headers, encode_headers
+
+    for headers in ({}, {"traceparent": "00-a-b-01"}, {"traceparent": "{odd"}, {"x": "1"}):
+        assert decode_headers(encode_headers(headers)) == headers
+    assert decode_headers(None) == {}
+    assert decode_headers(b'{"a":"b"}') == {"a": "b"}  # records written before: JSON

@@ -8,7 +8,6 @@ and EVAL once when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH)
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +19,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ...status import TaskStatus
 from .keys import GROUP, Keys
+from .records import decode_headers
 
 __all__ = [
     "SCRIPT_NAMES", "Batch", "Claimed", "Coalescer", "Renewed", "Scripts", "script_source"
@@ -69,7 +69,7 @@ class Claimed:
             func=_s(row[2]) if row[2] is not None else "",
             payload=row[3] if isinstance(row[3], bytes) or row[3] is None else str(row[3]).encode(),
             timeout=float(timeout) if timeout else None,
-            headers=json.loads(row[5]) if row[5] else {},
+            headers=decode_headers(row[5]),
             created=float(row[6]) if row[6] else None,
             name=_s(row[7]) if row[7] is not None else "",
             msg=_s(row[8]) if row[8] is not None else "",
