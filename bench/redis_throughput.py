@@ -7,10 +7,11 @@ flight) on one redis-server this script starts (free port, persistence off). A r
 producer enqueues a warm-up task until the worker has run it, resets Redis' statistics, then
 enqueues ``--tasks`` no-op tasks; the time is from the first enqueue to the last task's
 execution (the worker writes it). Figures: tasks/s (median of ``--repeat`` runs, systems
-interleaved), Redis commands per task (``INFO commandstats`` delta, commands run inside Lua
-scripts included), commands clients sent per task (one ``MONITOR``-ed run, not timed:
-``--no-monitor`` skips it) and bytes of Redis memory per finished task (``used_memory`` delta,
-results kept as each system keeps them by default).
+interleaved); round trips per task (``total_reads_processed`` delta: socket reads Redis served,
+a pipeline arriving in one read counts once); commands clients sent per task (one ``MONITOR``-ed
+run, not timed: ``--no-monitor`` skips it); commands Redis ran per task (``INFO commandstats``
+delta, commands inside Lua scripts included); bytes of Redis memory per finished task
+(``used_memory`` delta, results kept as each system keeps them by default); Redis CPU per task.
 
 Systems: ``ours`` (tracing with an SDK TracerProvider + BatchSpanProcessor to a discarding
 exporter, and Prometheus metrics, in both processes), ``ours-logs`` (also the JSON log lines,
@@ -157,6 +158,7 @@ def run_once(
             for k, v in stats.items()
             if k not in ("cmdstat_info", "cmdstat_echo", "cmdstat_monitor")
         )
+        reads = int(client.info("stats")["total_reads_processed"])  # reset with the stats
         used = int(client.info("memory")["used_memory"])
         cpu = client.info("cpu")
         redis_cpu = cpu["used_cpu_user"] + cpu["used_cpu_sys"] - float(cpu_before)
@@ -176,6 +178,7 @@ def run_once(
         "tasks_per_s": round(n / elapsed),
         "enqueue_per_s": round(n / (float(enqueued) - float(started))),
         "commands_per_task": round(calls / n, 2),
+        "round_trips_per_task": round(reads / n, 3),
         "bytes_per_finished_task": round((used - int(used_before)) / n),
         "redis_cpu_us_per_task": round(redis_cpu / n * 1e6, 1),
     }
@@ -234,10 +237,10 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{args.tasks} no-op tasks, one worker process, median of {args.repeat} "
         f"(Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)\n"
     )
-    header = "| system | tasks/s (median) | runs | enqueue/s | Redis commands/task | "
-    header += "sent by clients/task | bytes/finished task | Redis CPU µs/task |"
+    header = "| system | tasks/s (median) | runs | enqueue/s | round trips/task | "
+    header += "commands sent/task | commands run/task | bytes/finished task | Redis CPU µs/task |"
     print(header)
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for system in systems:
         rs = runs[system]
         tps = statistics.median(r["tasks_per_s"] for r in rs)
@@ -245,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {system} | {tps:.0f} | {', '.join(str(r['tasks_per_s']) for r in rs)} | "
             f"{statistics.median(r['enqueue_per_s'] for r in rs):.0f} | "
-            f"{statistics.median(r['commands_per_task'] for r in rs)} | {sent} | "
+            f"{statistics.median(r['round_trips_per_task'] for r in rs)} | {sent} | "
+            f"{statistics.median(r['commands_per_task'] for r in rs)} | "
             f"{statistics.median(r['bytes_per_finished_task'] for r in rs):.0f} | "
             f"{statistics.median(r['redis_cpu_us_per_task'] for r in rs)} |"
         )
