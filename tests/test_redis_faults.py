@@ -109,6 +109,18 @@ def record(url: str, queue: str, task_id: str) -> dict[str, str]:
         client.close()
 
 
+def assert_drained(url: str, queue: str) -> None:
+    """Nothing left behind: the stream is empty (entries XACK+XDEL'd) and nothing is pending."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = Keys(queue)
+        assert client.xlen(keys.stream) == 0
+        pending: Any = client.xpending(keys.stream, "workers")
+        assert pending["pending"] == 0
+    finally:
+        client.close()
+
+
 def pid_of(line: str) -> int:
     return int(line.split()[1])
 
@@ -137,6 +149,7 @@ async def test_sigkill_mid_task_runs_again_after_the_lease(
     assert lines(path) == [f"started {first}", f"started {survivor}", f"done {survivor}"]
     assert time.monotonic() - killed_at >= 1.0  # ran again only after the lease, plus its run
     assert record(server.url, queue, task.id)["attempts"] == "2"
+    assert_drained(server.url, queue)
 
 
 async def test_past_max_attempts_it_ends_failed_saying_the_worker_was_lost(
@@ -156,6 +169,7 @@ async def test_past_max_attempts_it_ends_failed_saying_the_worker_was_lost(
     fields = record(server.url, queue, task.id)
     assert fields["status"] == "FAILED"
     assert "max_attempts reached" in fields["error"]
+    assert_drained(server.url, queue)
 
 
 async def test_a_task_longer_than_its_lease_never_runs_twice(
@@ -198,6 +212,7 @@ async def test_a_stale_workers_late_finish_is_refused(
     fields = record(server.url, queue, task.id)
     assert fields["worker"].split("-")[-2] == str(fresh)
     assert fields["attempts"] == "2"
+    assert_drained(server.url, queue)
 
 
 # -- cancel across processes ----------------------------------------------------------------------
@@ -296,6 +311,7 @@ async def test_redis_restart_tasks_accepted_before_all_finish_after(
         assert await manager.cancel_task(running.id) is True
         cancelled_at = float((await wait_lines(path, "cancelled", 1))[0].split()[2])
         assert cancelled_at - called < 0.5  # pub/sub, not the renew fallback (lease / 3)
+        assert_drained(server.url, queue)
     finally:
         server.kill()
 
@@ -323,6 +339,7 @@ async def test_sigterm_hands_a_long_task_back_without_using_an_attempt(
     runs = [f"started {leaving.pid}", f"started {staying.pid}", f"done {staying.pid}"]
     assert lines(path) == runs
     assert record(server.url, queue, task.id)["attempts"] == "1"
+    assert_drained(server.url, queue)
 
 
 async def test_sigterm_lets_a_short_task_finish(
