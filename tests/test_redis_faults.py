@@ -149,6 +149,7 @@ async def test_sigkill_mid_task_runs_again_after_the_lease(
     assert lines(path) == [f"started {first}", f"started {survivor}", f"done {survivor}"]
     assert time.monotonic() - killed_at >= 1.0  # ran again only after the lease, plus its run
     assert record(server.url, queue, task.id)["attempts"] == "2"
+    assert f"task {task.id} runs again here: attempt 2" in by_pid(pool, survivor).stdout()
     assert_drained(server.url, queue)
 
 
