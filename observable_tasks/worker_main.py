@@ -118,7 +118,8 @@ def add_worker_parser(commands: Any) -> argparse.ArgumentParser:
         "modules",
         nargs="+",
         metavar="MODULE",
-        help="module whose task functions this worker runs (imported first)",
+        help="module whose task functions this worker runs (imported first, from the current "
+        "directory or PYTHONPATH)",
     )
     return worker
 
