@@ -1,4 +1,4 @@
-"""``observable-tasks`` command line: ``observable-tasks demo`` serves the demo app."""
+"""``observable-tasks`` command line: ``demo`` serves the demo app; ``worker`` runs Redis tasks."""
 
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "('observable-tasks worker --backend URL observable_tasks.demo'); needs a Redis "
         "--backend (env DEMO_NO_WORKER=1)",
     )
+    from observable_tasks.worker_main import add_worker_parser
+
+    add_worker_parser(commands)
     return parser
 
 
@@ -116,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "worker":
+        from observable_tasks.worker_main import run_worker
+
+        return run_worker(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -449,3 +449,78 @@ async def test_events_stream_is_capped_and_can_be_off(r: aioredis.Redis) -> None
     await r.delete(K.events)
     await add(Scripts(r, K, events_maxlen=0), "quiet")
     assert await r.exists(K.events) == 0
+
+
+# -- coalescing: the ENQUEUE and FINISH calls of one loop tick share one pipeline ------------
+
+
+async def test_calls_of_one_tick_go_in_one_pipeline(
+    r: aioredis.Redis, scripts: Scripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipelines: list[int] = []
+    real = r.pipeline
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        pipe = real(*args, **kwargs)
+        pipelines.append(0)
+        return pipe
+
+    monkeypatch.setattr(r, "pipeline", counting)
+    ids = [f"c{i}" for i in range(50)]
+    msgs = await asyncio.gather(*(add(scripts, i) for i in ids))
+    assert len(set(msgs)) == 50  # each call got its own reply
+    assert len(pipelines) == 1
+    batch = await scripts.claim("w1", count=50, lease_ms=30_000)
+    done = await asyncio.gather(
+        *(scripts.finish(c.id, c.attempt, "w1", TaskStatus.COMPLETED) for c in batch.started),
+        scripts.finish("c0", 9, "w1", TaskStatus.COMPLETED),  # fenced out: False, alone
+    )
+    assert done == [True] * 50 + [False]
+    assert len(pipelines) == 2
+    assert {(await record(r, i)).status for i in ids} == {TaskStatus.COMPLETED}
+
+
+async def test_a_coalesced_batch_loads_scripts_the_server_forgot(
+    r: aioredis.Redis, scripts: Scripts
+) -> None:
+    await r.script_flush()  # as after a restart without persistence
+    msgs = await asyncio.gather(*(add(scripts, f"f{i}") for i in range(5)))
+    assert all(msgs)
+    assert await r.xlen(K.stream) == 5
+
+
+async def test_a_coalesced_batch_fails_every_call_when_redis_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    srv = RedisServer(tmp_path / "gone").start()
+    client = connect(srv.url)
+    s = Scripts(client, K)
+    await add(s, "x0")
+    srv.kill()
+    results = await asyncio.gather(*(add(s, f"x{i}") for i in range(1, 4)), return_exceptions=True)
+    assert all(isinstance(e, (aioredis.ConnectionError, OSError)) for e in results), results
+    await client.aclose()
+
+
+async def test_a_traced_record_stays_a_compact_listpack(
+    r: aioredis.Redis, scripts: Scripts
+) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await add(scripts, "tp", headers={"traceparent": traceparent}, name="send_email")
+    assert await r.hget(K.task("tp"), "headers") == traceparent.encode()  # bare: 55 bytes
+    assert await r.object("encoding", K.task("tp")) == b"listpack"
+    assert (await record(r, "tp")).headers == {"traceparent": traceparent}
+    batch = await scripts.claim("w1", count=1, lease_ms=30_000)
+    assert batch.started[0].headers == {"traceparent": traceparent}
+    both = {"traceparent": traceparent, "tracestate": "k=v"}
+    await add(scripts, "ts", headers=both)
+    assert (await record(r, "ts")).headers == both  # anything else: JSON
+
+
+def test_headers_round_trip() -> None:
+    from observable_tasks.backends.redis.records import decode_headers, encode_headers
+
+    for headers in ({}, {"traceparent": "00-a-b-01"}, {"traceparent": "{odd"}, {"x": "1"}):
+        assert decode_headers(encode_headers(headers)) == headers
+    assert decode_headers(None) == {}
+    assert decode_headers(b'{"a":"b"}') == {"a": "b"}  # records written before: JSON

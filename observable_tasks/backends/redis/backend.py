@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -35,7 +34,7 @@ from .client import connect, redact
 from .codec import FunctionPolicy, JsonSerializer, Serializer, encode_payload
 from .keys import Keys
 from .listener import Listener
-from .records import decode_record
+from .records import decode_record, encode_headers
 from .scripts import Scripts
 
 if TYPE_CHECKING:
@@ -281,7 +280,7 @@ class RedisBackend:
     ) -> Scheduled:
         """Write the record and queue it (already scheduled); ``created(task)`` once accepted."""
         if task._headers:
-            fields["headers"] = json.dumps(task._headers)
+            fields["headers"] = encode_headers(task._headers)  # a lone traceparent: bare
         return Scheduled(task, self._schedule(self._enqueue(task, fields, created)))
 
     def _schedule(self, coro: Awaitable[Task]) -> Any:

@@ -37,7 +37,7 @@ class Listener:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # Subscribing happens in the reader: Redis may be down now and come back later.
+        # The reader subscribes: Redis may be down now and come back later.
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def stop(self) -> None:
@@ -48,6 +48,26 @@ class Listener:
             self._reader = None
         with contextlib.suppress(RedisError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _resubscribe(self) -> None:
+        """A new pub/sub connection with every channel of the old one.
+
+        redis-py's asyncio ``PubSub`` does not reconnect once the server closed its connection
+        (a Redis restart): every later read raises "Connection closed by server". So the
+        listener replaces it, subscribing the cancel channel and the channels waited on here.
+        """
+        channels = [self._keys.cancel_channel]
+        channels += [self._keys.done_channel(task_id) for task_id in self._waiters]
+        fresh = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await fresh.subscribe(*channels)
+        except BaseException:
+            with contextlib.suppress(RedisError):
+                await fresh.aclose()  # type: ignore[no-untyped-call]
+            raise
+        old, self._pubsub = self._pubsub, fresh
+        with contextlib.suppress(RedisError):
+            await old.aclose()  # type: ignore[no-untyped-call]
 
     @contextlib.asynccontextmanager
     async def watching(self, task_id: str) -> AsyncIterator[asyncio.Future[None]]:
@@ -72,20 +92,27 @@ class Listener:
         cancel = self._keys.cancel_channel.encode()
         done_prefix = self._keys.done_channel("").encode()
         backoff = 0.05
+        lost = False
         subscribed = False
         while True:
             try:
                 if not subscribed:
-                    await self._pubsub.subscribe(self._keys.cancel_channel)
+                    await self._resubscribe()
                     subscribed = True
                 message = await self._pubsub.get_message(timeout=1.0)
-                backoff = 0.05
             except RedisError as exc:
-                # Redis restarted or unreachable: redis-py resubscribes when it reconnects.
-                logger.warning("observable_tasks: pub/sub connection lost (%s); retrying", exc)
+                # Redis restarted or is unreachable: a fresh connection once it answers again.
+                if not lost:  # once per outage, not once per retry
+                    logger.warning("observable_tasks: pub/sub connection lost (%s); retrying", exc)
+                    lost = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+                subscribed = False
                 continue
+            if lost:
+                logger.warning("observable_tasks: pub/sub connection to Redis restored")
+                lost = False
+            backoff = 0.05
             if message is None or message.get("type") != "message":
                 continue
             channel, data = message["channel"], message["data"]

@@ -2,9 +2,12 @@
 
 Every hash value is bytes/str. ``payload`` (``[args, kwargs]``) and ``result`` go through the
 pluggable :class:`~.codec.Serializer` (JSON by default); ``error`` (``{type, message, code,
-details}``) and ``headers`` (trace context) are always JSON, so any reader (a console, the
-Lua scripts, which write the "worker lost" error) can read them. Times are wall-clock float
-seconds; ``attempts`` is the fencing token the scripts compare.
+details}``) is always JSON, so any reader (a console, the Lua scripts, which write the "worker
+lost" error) can read it. ``headers`` (trace context) is JSON too, except the usual case of a
+lone ``traceparent``, stored as its bare value (55 bytes): a JSON object would pass Redis'
+``hash-max-listpack-value`` (64 bytes) and turn every traced record into a hash table, about
+800 bytes more per task. Times are wall-clock float seconds; ``attempts`` is the fencing token
+the scripts compare.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from ...errors import TaskError
 from ...status import TaskStatus
 from .codec import JsonSerializer, Serializer, encode_payload, encode_value
 
-__all__ = ["TaskRecord", "decode_record", "encode_record", "error_info"]
+__all__ = [
+    "TaskRecord", "decode_headers", "decode_record", "encode_headers", "encode_record", "error_info"
+]  # fmt: skip
 
 _JSON = JsonSerializer()
 
@@ -51,6 +56,25 @@ class TaskRecord:
     error: dict[str, Any] | None = None
 
 
+def encode_headers(headers: Mapping[str, str]) -> str:
+    """``headers`` as stored: a lone traceparent as its value, anything else as JSON."""
+    value = headers.get("traceparent")
+    if len(headers) == 1 and isinstance(value, str) and value and not value.startswith("{"):
+        return value
+    return json.dumps(dict(headers), separators=(",", ":"))
+
+
+def decode_headers(raw: bytes | str | None) -> dict[str, str]:
+    """The inverse of :func:`encode_headers` (empty for a missing field)."""
+    if not raw:
+        return {}
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if text.startswith("{"):
+        value: dict[str, str] = json.loads(text)
+        return value
+    return {"traceparent": text}
+
+
 def _num(x: float) -> str:
     return f"{x:.6f}"
 
@@ -81,7 +105,7 @@ def encode_record(record: TaskRecord, serializer: Serializer | None = None) -> d
     if record.cancel:
         out["cancel"] = b"1"
     if record.headers:
-        out["headers"] = _JSON.dumps(record.headers)
+        out["headers"] = encode_headers(record.headers).encode()
     if record.result is not None:
         out["result"] = encode_value(record.result, ser, f"the result of {what}")
     if record.error is not None:
@@ -135,7 +159,7 @@ def decode_record(
         worker=text("worker"),
         msg=text("msg"),
         cancel=f.get("cancel") == b"1",
-        headers=_JSON.loads(f["headers"]) if "headers" in f else {},
+        headers=decode_headers(f.get("headers")),
         result=ser.loads(f["result"]) if "result" in f else None,
         error=_JSON.loads(f["error"]) if "error" in f else None,
     )

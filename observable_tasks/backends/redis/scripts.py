@@ -7,7 +7,7 @@ and EVAL once when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH)
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,11 +15,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from ...status import TaskStatus
 from .keys import GROUP, Keys
+from .records import decode_headers
 
-__all__ = ["SCRIPT_NAMES", "Batch", "Claimed", "Renewed", "Scripts", "script_source"]
+__all__ = [
+    "SCRIPT_NAMES", "Batch", "Claimed", "Coalescer", "Renewed", "Scripts", "script_source"
+]  # fmt: skip
 
 SCRIPT_NAMES = (
     "enqueue", "claim", "start", "progress", "finish", "cancel", "renew", "release", "sweep"
@@ -65,7 +69,7 @@ class Claimed:
             func=_s(row[2]) if row[2] is not None else "",
             payload=row[3] if isinstance(row[3], bytes) or row[3] is None else str(row[3]).encode(),
             timeout=float(timeout) if timeout else None,
-            headers=json.loads(row[5]) if row[5] else {},
+            headers=decode_headers(row[5]),
             created=float(row[6]) if row[6] else None,
             name=_s(row[7]) if row[7] is not None else "",
             msg=_s(row[8]) if row[8] is not None else "",
@@ -107,6 +111,93 @@ def _pairs(owned: Iterable[tuple[str, int]]) -> list[str]:
     return out
 
 
+class Coalescer:
+    """Sends the script calls made during one event-loop tick as one pipeline (one round trip).
+
+    ``call`` returns at once with a future; the calls queued in this tick are flushed on the
+    next one, in order, as EVALSHA commands of a non-transactional pipeline (at most
+    ``max_batch`` per pipeline). Each call gets its own reply or error; a call whose script the
+    server does not know (restarted, SCRIPT FLUSH) is sent again on its own, which loads it. A
+    connection error fails every call of that pipeline (the callers retry as they would).
+    """
+
+    def __init__(self, client: aioredis.Redis, max_batch: int = 500) -> None:
+        self.client = client
+        self.max_batch = max_batch
+        self._queued: list[tuple[AsyncScript, list[str], list[FieldValue], asyncio.Future[Any]]]
+        self._queued = []
+        self._flushing = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def call(self, script: AsyncScript, keys: list[str], args: list[FieldValue]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queued.append((script, keys, args, future))
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush, loop)
+        return future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._flushing = False
+        queued, self._queued = self._queued, []
+        for first in range(0, len(queued), self.max_batch):
+            sending = loop.create_task(self._send(queued[first : first + self.max_batch]))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, batch: list[tuple[AsyncScript, list[str], list[FieldValue], asyncio.Future[Any]]]
+    ) -> None:
+        if len(batch) == 1:
+            script, keys, args, future = batch[0]
+            try:
+                reply = await script(keys=keys, args=args)
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except Exception as exc:  # handed to the caller
+                _settle(future, error=exc)
+            else:
+                _settle(future, reply)
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            for *_, future in batch:
+                future.cancel()
+            raise
+        except (RedisError, OSError) as exc:
+            for *_, future in batch:
+                _settle(future, error=exc)
+            return
+        for (script, keys, args, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                try:
+                    reply = await script(keys=keys, args=args)  # loads it, then runs it
+                except Exception as exc:  # handed to the caller
+                    _settle(future, error=exc)
+                    continue
+            if isinstance(reply, Exception):
+                _settle(future, error=reply)
+            else:
+                _settle(future, reply)
+
+
+def _settle(
+    future: asyncio.Future[Any], reply: Any = None, error: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(reply)
+
+
 class Scripts:
     """The queue's scripts for one client and key layout.
 
@@ -130,9 +221,14 @@ class Scripts:
         self._s: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
+        self._coalescer = Coalescer(client)
 
     async def _run(self, name: str, keys: list[str], args: list[FieldValue]) -> Any:
         return await self._s[name](keys=keys, args=args)
+
+    async def _coalesced(self, name: str, keys: list[str], args: list[FieldValue]) -> Any:
+        """As :meth:`_run`, sent with the other calls of this loop tick in one pipeline."""
+        return await self._coalescer.call(self._s[name], keys, args)
 
     async def ensure_group(self) -> None:
         """Create the stream and consumer group if absent (needed before a blocking read)."""
@@ -149,7 +245,7 @@ class Scripts:
             if name not in ("id", "status", "attempts", "msg"):
                 args += [name, value]
         k = self.keys
-        msg = await self._run("enqueue", [k.stream, k.task(task_id), k.idx], args)
+        msg = await self._coalesced("enqueue", [k.stream, k.task(task_id), k.idx], args)
         return None if msg is None else _s(msg)
 
     async def claim(self, worker: str, *, count: int, lease_ms: int) -> Batch:
@@ -216,7 +312,7 @@ class Scripts:
             self._p, task_id, attempt, worker, status.value, result or b"", error or b"",
             self.max_history, self.events_maxlen,
         ]  # fmt: skip
-        return bool(await self._run("finish", [k.task(task_id), k.stream, k.done], args))
+        return bool(await self._coalesced("finish", [k.task(task_id), k.stream, k.done], args))
 
     async def cancel(self, task_id: str) -> str | None:
         """``"cancelled"`` (was pending), ``"running"`` (owner told), None (finished/unknown)."""

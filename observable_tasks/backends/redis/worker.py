@@ -247,6 +247,12 @@ class Worker:
         job = _RemoteJob(task, func, args, kwargs, shape)
         job.attempt, job.lost, job.released = claimed.attempt, False, False
         job.finishing = False
+        if claimed.attempt > 1:  # a hand-back at shutdown keeps the number: this is a redelivery
+            logger.warning(
+                "observable_tasks: task %s runs again here: attempt %d (the worker of an earlier "
+                "attempt was lost or its lease expired)",
+                task.id, claimed.attempt,
+            )  # fmt: skip
         self._jobs[task.id] = job
         ctx = contextvars.Context()  # nothing of the claim loop leaks into the task
         if _HAS_TASK_CONTEXT:
