@@ -209,6 +209,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
+        backend.check_connection()  # a started worker rides out outages; a wrong URL fails now
         await manager.start()
     except Exception as exc:  # Redis unreachable at start-up: say so, exit non-zero
         log.error("worker_start_failed", backend=backend.url, error=f"{type(exc).__name__}: {exc}")

@@ -353,6 +353,16 @@ class RedisBackend:
                 )
         return self._sync
 
+    def check_connection(self) -> None:
+        """``TaskBackendError`` unless Redis answers now (for start-up checks that fail fast;
+        a started manager itself rides out outages)."""
+        try:
+            self._sync_client().ping()
+        except RedisError as exc:
+            raise TaskBackendError(
+                f"Redis at {self.url} is unavailable ({type(exc).__name__}: {exc})"
+            ) from None
+
     def _local(self, task_id: str) -> Task | None:
         worker = self.worker
         return worker.task(task_id) if worker is not None else None
