@@ -1,4 +1,5 @@
-# The observable-tasks demo app (docker-compose.yml builds it as the "app" and "loadgen" services).
+# The observable-tasks demo app (docker-compose.yml builds it as the "app", "worker" and "loadgen"
+# services).
 #   docker build -t observable-tasks-demo . && docker run -p 8000:8000 observable-tasks-demo
 FROM python:3.12-slim
 
@@ -17,7 +18,12 @@ RUN pip install .
 # The load generator runs from this image too (stdlib only).
 COPY examples ./examples
 
-RUN useradd --create-home --uid 10001 app
+# /data: the demo's data folder (DEMO_DATA_DIR in docker-compose.yml, where the app and the
+# worker share it as a volume, which starts as a copy of this folder: private, with a sample file).
+RUN useradd --create-home --uid 10001 app \
+    && mkdir -m 0700 /data \
+    && python -c "open('/data/sample.txt', 'wb').write(b'observable-tasks demo file\\n' * 400)" \
+    && chown -R app:app /data
 USER app
 
 # Traces go to Jaeger over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (docker-compose.yml does).

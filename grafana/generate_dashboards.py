@@ -49,6 +49,12 @@ TELEMETRY_ERRORS = _metric(names.TELEMETRY_ERRORS, "_total")
 LABEL_OVERFLOW = _metric(names.LABEL_OVERFLOW, "_total")
 LOOP_LAG_BUCKET = _metric(names.EVENT_LOOP_LAG, "_bucket")
 ABANDONED = _metric(names.SYNC_THREADS_ABANDONED)
+Q_PENDING = _metric(names.QUEUE_PENDING)
+Q_RUNNING = _metric(names.QUEUE_RUNNING)
+Q_OLDEST = _metric(names.QUEUE_OLDEST_AGE)
+Q_WORKERS = _metric(names.QUEUE_WORKERS)
+Q_REDELIVERIES = _metric(names.QUEUE_REDELIVERIES, "_total")
+Q_UP = _metric(names.QUEUE_UP)
 
 PROM = {"type": "prometheus", "uid": "${datasource}"}
 TRACES = {"type": "jaeger", "uid": "${traces}"}
@@ -764,6 +770,47 @@ def overview() -> dict[str, Any]:
             description="Threads still running sync task functions whose tasks timed out or "
             "were cancelled (a thread cannot be stopped). They no longer take pool slots, up "
             "to a cap of 2 x max_sync_threads threads.",
+        )
+    )
+    # Redis backend: queue-wide facts, the same from every process (max over instances).
+    add(_row("Redis queue (Redis backend)", 70, ids))
+    add(
+        _timeseries(
+            "Waiting and running in the queue",
+            (0, 71, 8, 6),
+            _targets(
+                (f"max by (queue) ({Q_PENDING}{{{job}}})", "waiting {{queue}}"),
+                (f"max by (queue) ({Q_RUNNING}{{{job}}})", "running {{queue}}"),
+            ),
+            description="Tasks waiting in the Redis queue and tasks claimed by a worker, "
+            "cluster-wide (read from Redis at scrape time).",
+        )
+    )
+    add(
+        _timeseries(
+            "Queue lag (oldest waiting task)",
+            (8, 71, 8, 6),
+            _targets((f"max by (queue) ({Q_OLDEST}{{{job}}})", "{{queue}}")),
+            unit="s",
+            description="Age of the oldest task still waiting for a worker: how far behind "
+            "the workers are.",
+        )
+    )
+    add(
+        _timeseries(
+            "Live workers and redeliveries",
+            (16, 71, 8, 6),
+            _targets(
+                (f"max by (queue) ({Q_WORKERS}{{{job}}})", "workers {{queue}}"),
+                (f"min by (queue) ({Q_UP}{{{job}}})", "Redis answered {{queue}}"),
+                (
+                    f"max by (queue) (rate({Q_REDELIVERIES}{{{job}}}[{RATE}]))",
+                    "redeliveries/s {{queue}}",
+                ),
+            ),
+            description="Workers that renewed their liveness within one lease, attempts after "
+            "the first (a worker was lost or ran past its lease), and whether the scrapes could "
+            "read Redis (1) or not (0).",
         )
     )
     for panel in panels:

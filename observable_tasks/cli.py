@@ -1,4 +1,4 @@
-"""``observable-tasks`` command line: ``observable-tasks demo`` serves the demo app."""
+"""``observable-tasks`` command line: ``demo`` serves the demo app; ``worker`` runs Redis tasks."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ __all__ = ["main"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _MAX_BODY_BYTES = 1024 * 1024  # demo.DEFAULT_MAX_BODY_BYTES (not imported: --help stays quick)
+BACKEND_ENV = "OBSERVABLE_TASKS_BACKEND"  # backends.redis.BACKEND_ENV (not imported, as above)
+_FROM_ENV = f"${BACKEND_ENV}"  # --backend's default, read at run time: --help shows no password
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _version() -> str:
@@ -60,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="server worker processes; >1 turns on Prometheus multiprocess mode",
+        help="server worker processes; >1 turns on Prometheus multiprocess mode (they share "
+        "their tasks only on a Redis --backend)",
     )
     demo.add_argument(
         "--log-level",
@@ -72,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent-tasks",
         type=int,
         default=_env_int("DEMO_MAX_CONCURRENT_TASKS", 50),
-        help="the demo's concurrency limit (env DEMO_MAX_CONCURRENT_TASKS)",
+        help="tasks each executing process runs at once, the rest wait "
+        "(env DEMO_MAX_CONCURRENT_TASKS)",
     )
     demo.add_argument(
         "--max-body-bytes",
@@ -87,6 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Nexios debug mode: a 500 shows the traceback; never on a reachable server "
         "(env DEMO_DEBUG=1)",
     )
+    demo.add_argument(
+        "--backend",
+        default=_FROM_ENV,
+        metavar="URL",
+        help="where tasks live: 'memory' (each process its own tasks) or a Redis URL "
+        "(redis://[:password@]host:6379/0, rediss:// for TLS) that every worker process and "
+        f"machine shares; 'memory' when {BACKEND_ENV} is not set either",
+    )
+    demo.add_argument(
+        "--no-worker",
+        action="store_true",
+        default=_env_flag("DEMO_NO_WORKER"),
+        help="web only: these processes run no tasks, dedicated workers do "
+        "('observable-tasks worker --backend URL observable_tasks.demo'); needs a Redis "
+        "--backend (env DEMO_NO_WORKER=1)",
+    )
+    from observable_tasks.worker_main import add_worker_parser
+
+    add_worker_parser(commands)
     return parser
 
 
@@ -95,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "worker":
+        from observable_tasks.worker_main import run_worker
+
+        return run_worker(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -111,6 +139,23 @@ def _demo(args: argparse.Namespace) -> int:
         raise SystemExit("--max-concurrent-tasks must be >= 1")
     if args.max_body_bytes < 1:
         raise SystemExit("--max-body-bytes must be >= 1")
+    backend = _backend(args.backend)
+    if args.no_worker and backend == "memory":
+        raise SystemExit(
+            "--no-worker needs a Redis backend (--backend redis://host:6379/0): with the "
+            "memory backend no process would run the tasks"
+        )
+    if args.workers > 1 and backend == "memory":
+        print(
+            f"observable-tasks: warning: {args.workers} worker processes with the memory "
+            "backend: each process has its own tasks, so a lookup answered by another process "
+            "is a 404; share them with --backend redis://host:6379/0",
+            file=sys.stderr,
+        )
+    if backend != "memory":
+        _check_redis(backend)
+    os.environ[BACKEND_ENV] = backend  # setup_tasks reads it in every worker process
+    os.environ["DEMO_NO_WORKER"] = "1" if args.no_worker else "0"
     # Environment variables reach every worker process (they import the app anew).
     os.environ["DEMO_MAX_CONCURRENT_TASKS"] = str(args.max_concurrent_tasks)
     os.environ["DEMO_MAX_BODY_BYTES"] = str(args.max_body_bytes)
@@ -150,6 +195,39 @@ def _demo(args: argparse.Namespace) -> int:
         for folder in made:
             shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def _backend(value: str) -> str:
+    """``--backend`` checked: ``"memory"`` or a Redis URL (errors never show a password)."""
+    if value == _FROM_ENV:
+        value = os.environ.get(BACKEND_ENV, "").strip() or "memory"
+    if value == "memory" or value.startswith(_REDIS_SCHEMES):
+        return value
+    from observable_tasks.backends.redis.client import redact
+
+    raise SystemExit(
+        f"--backend must be 'memory' or a Redis URL (redis://, rediss://, unix://), "
+        f"got {redact(value)!r}"
+    )
+
+
+def _check_redis(url: str) -> None:
+    """Exit with a clear message now if Redis cannot be reached: the app's start-up hooks are
+    run by Nexios, which logs a failing one and serves on (every create_task would fail)."""
+    import redis
+    from redis.exceptions import RedisError
+
+    from observable_tasks.backends.redis.client import redact
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except RedisError as exc:
+        raise SystemExit(
+            f"observable-tasks: cannot reach Redis at {redact(url)} ({type(exc).__name__}: {exc})"
+        ) from None
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

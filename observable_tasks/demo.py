@@ -78,14 +78,22 @@ def create_app(
     show tracebacks (env ``DEMO_DEBUG=1``; default off). Bodies over ``max_body_bytes`` (env
     ``DEMO_MAX_BODY_BYTES``, default 1 MiB) get a 413. Only the newest ``keep_exports`` export
     files are kept. Without ``config``, at most ``DEMO_MAX_CONCURRENT_TASKS`` (default 50) tasks
-    run at once. Other keyword arguments go to :func:`setup_tasks`.
+    run at once. Other keyword arguments go to :func:`setup_tasks`: ``backend=`` (default: the
+    ``OBSERVABLE_TASKS_BACKEND`` environment variable, else memory) and ``execute=`` (default:
+    true unless ``DEMO_NO_WORKER=1``).
+
+    On a Redis backend every task function is a module-level function of this module
+    (setup_tasks allows the module that calls it, so the embedded worker may run them; start a
+    dedicated worker with ``observable-tasks worker --backend URL observable_tasks.demo``) and
+    every argument is JSON: a task made by one process is looked up, listed and cancelled from
+    any other.
 
     One demo app per process: the task functions (module level, for stable metric labels) read
     the time scale and data folder of the app created last.
     """
     scale = float(os.environ.get("DEMO_TIME_SCALE", "1")) if time_scale is None else time_scale
     if debug is None:
-        debug = os.environ.get("DEMO_DEBUG", "").lower() in {"1", "true", "yes", "on"}
+        debug = _env_flag("DEMO_DEBUG")
     if max_body_bytes is None:
         max_body_bytes = int(os.environ.get("DEMO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     if max_body_bytes < 1:
@@ -107,6 +115,9 @@ def create_app(
     if config is None:
         limit = int(os.environ.get("DEMO_MAX_CONCURRENT_TASKS", "50"))
         config = TaskConfig(max_concurrent_tasks=limit, default_timeout=300)
+    # Where tasks live: setup_tasks reads OBSERVABLE_TASKS_BACKEND (``--backend``) unless a
+    # ``backend=`` is given; DEMO_NO_WORKER=1 (``--no-worker``) makes this a web-only process.
+    setup_options.setdefault("execute", not _env_flag("DEMO_NO_WORKER"))
     task_manager = setup_tasks(app, config, **setup_options)
     app.state["demo_data_dir"] = str(data)
 
@@ -364,11 +375,18 @@ def create_app(
 # -- task functions of the page's examples -----------------------------------------------
 # Module level, so that their qualified names (the metric labels) are short and stable.
 
-_settings: dict[str, Any] = {
-    "time_scale": 1.0,
-    "data_dir": tempfile.gettempdir(),
-    "keep_exports": DEFAULT_KEEP_EXPORTS,
-}
+
+def _settings_from_env() -> dict[str, Any]:
+    # A dedicated worker (``observable-tasks worker ... observable_tasks.demo``) runs these
+    # functions without calling create_app: it reads the same environment as the web processes.
+    return {
+        "time_scale": float(os.environ.get("DEMO_TIME_SCALE", "1")),
+        "data_dir": os.environ.get("DEMO_DATA_DIR") or tempfile.gettempdir(),
+        "keep_exports": DEFAULT_KEEP_EXPORTS,
+    }
+
+
+_settings: dict[str, Any] = _settings_from_env()
 _OUTCOMES = frozenset({"complete", "fail", "task_error", "timeout", "slow"})
 _EXPORT_CHUNK_ROWS = 5_000  # rows written per worker-thread call (progress between chunks)
 
@@ -523,6 +541,10 @@ async def simulated_work(outcome: str, seconds: float, task_id: str) -> dict[str
     if outcome == "task_error":
         raise TaskError(code="SIMULATED", message="simulated task error")
     return {"outcome": outcome, "seconds": seconds}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
 
 
 class BadBody(ValueError):

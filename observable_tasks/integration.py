@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -57,6 +58,9 @@ def setup_tasks(
     namespace: str | None = None,
     metrics_path: str | None = "/metrics",
     trace_requests: bool = False,
+    backend: Any = None,
+    execute: bool = True,
+    allow: Iterable[str] = (),
     max_task_labels: int = 200,
 ) -> TaskManager:
     """Give ``app`` a task manager tied to its lifespan, instrumented, and return it.
@@ -73,6 +77,14 @@ def setup_tasks(
     ``trace_requests=True`` also traces the app's HTTP requests (needs the ``asgi`` extra,
     ``opentelemetry-instrumentation-asgi``), so a trace shows request -> send -> process.
     User ``middleware`` runs inside the telemetry (the task's span is current in it).
+
+    ``backend``: where tasks live. ``None`` reads ``OBSERVABLE_TASKS_BACKEND`` and falls back to
+    the memory backend (this process only); a Redis URL (``redis://host:6379/0``,
+    ``rediss://`` for TLS), a ``redis.asyncio`` client or pool, or a ``RedisBackend`` shares the
+    tasks with every process and machine of the app. On Redis, ``execute=False`` makes this a
+    web-only process (dedicated workers run the tasks); an executing process runs the functions
+    it creates tasks for, those of the package that called ``setup_tasks``, and those of the
+    modules in ``allow``: nothing else, whatever a record in Redis names.
     """
     existing = _managers_by_app.get(app)
     if existing is not None:
@@ -83,7 +95,7 @@ def setup_tasks(
                 stacklevel=2,
             )
         return existing
-    manager = TaskManager(config)
+    manager = TaskManager(config, backend=_backend(backend, execute, allow, _caller_package()))
     on_stop: list[Callable[[], None]] = []
     if telemetry and (tracing or metrics or logs):
         # Imported here so that the core works without the telemetry libraries installed.
@@ -116,6 +128,36 @@ def setup_tasks(
     remember_manager(manager, as_default=True)
     _attach_lifespan(app, manager, on_stop)
     return manager
+
+
+def _caller_package() -> str | None:
+    # The app's own package: the embedded worker may run the functions defined there.
+    frame = sys._getframe(2)
+    name = frame.f_globals.get("__name__")
+    if not isinstance(name, str) or name == "__main__":
+        return None
+    if name.startswith("observable_tasks."):
+        return name  # the demo: its own module, not the whole library
+    return name.partition(".")[0]
+
+
+def _backend(spec: Any, execute: bool, allow: Iterable[str], package: str | None) -> Any:
+    if spec is None:
+        from os import environ
+
+        spec = environ.get("OBSERVABLE_TASKS_BACKEND", "").strip() or None
+    if spec is None or spec == "memory":
+        return None
+    from observable_tasks.backends.redis import RedisBackend
+
+    modules = [*allow, *([package] if package else [])]
+    if isinstance(spec, RedisBackend):
+        if modules:
+            spec.allow(*modules)
+        return spec
+    from observable_tasks.backends import resolve_backend
+
+    return resolve_backend(spec, execute=execute, allow=modules)
 
 
 def _trace_requests(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import enum
 import inspect
 import logging
@@ -18,25 +17,28 @@ import sys
 import time
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from observable_tasks._awaitable import Done
 from observable_tasks.config import TaskConfig
-from observable_tasks.current import current_var, remember_manager
-from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError, TaskTimeoutError
-from observable_tasks.invocation import CallShape, Invocation, check_call
+from observable_tasks.current import remember_manager
+from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError
+from observable_tasks.invocation import check_call
+from observable_tasks.job import _NO_KWARGS, _ended_cancelled, _Job, check_progress, check_timeout
 from observable_tasks.middleware import (
     OBSERVER_HOOKS,
     TaskMiddleware,
     TaskObserver,
-    build_chain,
     guard,
-    outcome_status,
 )
-from observable_tasks.status import TaskStatus, check_transition
+from observable_tasks.scheduler import MemoryScheduler
+from observable_tasks.status import TaskStatus
 from observable_tasks.task import Task, new_task_id
 from observable_tasks.threads import SyncThreads
 from observable_tasks.watchdog import LoopWatchdog, log_stall
+
+if TYPE_CHECKING:
+    from observable_tasks.backends.redis.backend import RedisBackend
 
 __all__ = ["TaskManager", "TaskCallback", "check_progress", "check_timeout"]
 
@@ -45,36 +47,8 @@ logger = logging.getLogger("observable_tasks")
 TaskCallback = Callable[[Task], Awaitable[None] | None]
 """Called with the task once it reaches a final status (sync or async)."""
 
-_NO_KWARGS: dict[str, Any] = {}  # shared, never mutated (Invocation.start copies to inject)
 _HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
 _get_running_loop = asyncio.events._get_running_loop
-
-
-def check_progress(progress: object) -> None:
-    """``ValueError`` unless ``progress`` is a number from 0 to 100 (NaN is rejected)."""
-    if isinstance(progress, bool) or not isinstance(progress, (int, float)):
-        raise ValueError(f"progress must be a number from 0 to 100, got {progress!r}")
-    if not (0.0 <= progress <= 100.0):  # written this way so that NaN fails too
-        raise ValueError(f"progress must be from 0 to 100, got {progress!r}")
-
-
-def check_timeout(timeout: object, what: str = "timeout") -> None:
-    """``ValueError`` unless ``timeout`` is a finite number of seconds > 0.
-
-    NaN must never reach the event loop: a NaN timer poisons its heap ordering, so that other
-    tasks' timers fire late.
-    """
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not (math.isfinite(timeout) and timeout > 0)
-    ):
-        raise ValueError(f"{what} must be a finite number of seconds > 0, got {timeout!r}")
-
-
-def _ended_cancelled(task: Task) -> bool:
-    # A function of its own: mypy would keep the status narrowed across the await otherwise.
-    return task.status is TaskStatus.CANCELLED
 
 
 class _State(enum.Enum):
@@ -84,58 +58,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-def _spent(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("this task's function already ran")
-
-
-class _Job(Invocation):
-    """Execution-side state of one task (and the call it makes), private to the manager."""
-
-    __slots__ = (
-        "aio",
-        "callbacks",
-        "cancel_requested",
-        "entered",
-        "error",
-        "has_outcome",
-        "result",
-        "task",
-        "timed_out",
-        "waiters",
-    )
-
-    def __init__(
-        self,
-        task: Task,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        shape: CallShape,
-    ) -> None:
-        # Invocation's fields set here rather than through super().__init__: this is per task.
-        self.func = func
-        self.args = args
-        self.kwargs = kwargs
-        self.shape = shape
-        self.task = task
-        self.aio: asyncio.Task[None] | None = None
-        # Allocated on first use: most tasks have neither (memory per task matters).
-        self.waiters: list[asyncio.Future[None]] | None = None
-        self.callbacks: list[TaskCallback] | None = None
-        self.timed_out = False
-        self.entered = False
-        self.cancel_requested = False
-        self.has_outcome = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def record(self, result: Any = None, error: BaseException | None = None) -> None:
-        self.has_outcome = True
-        self.result = result
-        self.error = error
-
-
-class TaskManager:
+class TaskManager(MemoryScheduler):
     """Runs background tasks with a concurrency limit, timeouts, cancellation and history.
 
     ``TaskManager(config)`` works standalone (no app needed); ``setup_tasks(app)`` makes one and
@@ -152,6 +75,7 @@ class TaskManager:
         middleware: Iterable[TaskMiddleware] = (),
         observers: Iterable[TaskObserver] = (),
         clock: Callable[[], float] = time.monotonic,
+        backend: Any = None,
     ) -> None:
         # TaskManager(config), TaskManager(config=...), nexios-contrib's TaskManager(app, config).
         if isinstance(app, TaskConfig):
@@ -173,6 +97,15 @@ class TaskManager:
         """
         self._shutdown_hooked = False
         self.config = config if config is not None else TaskConfig()
+        # Where tasks live when not in this process (None: here, the memory backend). Imported
+        # lazily: the memory backend needs no Redis client.
+        self._remote: RedisBackend | None = None
+        if backend is not None and backend != "memory":
+            from observable_tasks.backends import resolve_backend
+
+            self._remote = resolve_backend(backend)
+            if self._remote is not None:
+                self._remote.bind(self)
         self._clock = clock
         self._middleware: list[tuple[str, TaskMiddleware]] = []
         self._chain: Callable[[Task], Awaitable[Any]] | None = None
@@ -257,6 +190,12 @@ class TaskManager:
             raise TaskManagerClosedError("cannot start a TaskManager while it is shutting down")
         self._bind(loop)
         self._set_state(_State.RUNNING)
+        if self._remote is not None:
+            try:
+                await self._remote.start()
+            except BaseException:
+                self._set_state(_State.CLOSED)
+                raise
         if self.app is not None and not self._shutdown_hooked:
             on_shutdown = getattr(self.app, "on_shutdown", None)
             if callable(on_shutdown):
@@ -273,6 +212,10 @@ class TaskManager:
             return
         self._set_state(_State.CLOSING)
         try:
+            if self._remote is not None:
+                # The queue's pending tasks are the cluster's: they stay. Ours finish or go back.
+                grace = self.config.shutdown_timeout if timeout is None else timeout
+                await self._remote.shutdown(grace)
             if self._cleanup_handle is not None:
                 self._cleanup_handle.cancel()
                 self._cleanup_handle = None
@@ -333,8 +276,46 @@ class TaskManager:
 
         The task is created when this is called (errors are raised right here), so the call
         also works un-awaited from a worker thread: ``manager.create_task(f).result()``.
+        On the Redis backend the record is written when awaited (the write is already under
+        way if it is not), and :class:`~observable_tasks.backends.TaskBackendError` says so at
+        once when Redis cannot be reached.
         """
+        if self._remote is not None:
+            return self._submit_remote(func, args, kwargs, name, timeout)
         return Done(self._submit(func, args, kwargs, name, timeout))
+
+    def _submit_remote(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+        timeout: float | None,
+    ) -> Done[Task]:
+        assert self._remote is not None
+        shape = check_call(func, args, kwargs)
+        if not self._accepting:
+            raise TaskManagerClosedError(
+                "the TaskManager is shutting down (or shut down) and accepts no new tasks"
+            )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        if timeout is None:
+            timeout = self.config.default_timeout
+        else:
+            check_timeout(timeout)
+        fn = shape.name
+        wall = time.time()  # a Redis task's times are wall clock, comparable across machines
+        task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, wall)
+        fields = self._remote.prepare(task, func, args, kwargs)  # refusals raise here, first
+        if self._listeners["on_submit"]:
+            self._notify("on_submit", task)  # e.g. the tracer adds its headers to the record
+        return self._remote.enqueue(task, fields, self._created)
+
+    def _created(self, task: Task) -> None:
+        # The backend accepted the task: only now is it counted and logged as created.
+        if self._listeners["on_created"]:
+            self._notify("on_created", task)
 
     def _submit(
         self,
@@ -371,6 +352,8 @@ class TaskManager:
         task_id = task.id
         self._tasks[task_id] = task
         self._jobs[task_id] = job
+        if self._listeners["on_submit"]:
+            self._notify("on_submit", task)
         if self._listeners["on_created"]:
             self._notify("on_created", task)
         if in_loop:
@@ -391,11 +374,34 @@ class TaskManager:
         return types.MappingProxyType(self._tasks)
 
     def get_task(self, task_id: str) -> Task | None:
-        """The task with this id, or ``None`` if unknown or evicted."""
+        """The task with this id, or ``None`` if unknown or evicted.
+
+        On the Redis backend this is a short blocking read (it is called without ``await`` on
+        the page); prefer :meth:`aget_task` in async code under load.
+        """
+        if self._remote is not None:
+            return self._remote.get_task(task_id)
         return self._tasks.get(task_id)
 
+    async def aget_task(self, task_id: str) -> Task | None:
+        """:meth:`get_task` that never blocks the event loop (any backend)."""
+        if self._remote is not None:
+            return await self._remote.aget_task(task_id)
+        return self._tasks.get(task_id)
+
+    async def alist_tasks(self, status: TaskStatus | str | None = None) -> list[Task]:
+        """:meth:`list_tasks` that never blocks the event loop (any backend)."""
+        if self._remote is not None:
+            return await self._remote.alist_tasks(None if status is None else TaskStatus(status))
+        return self.list_tasks(status)
+
     def list_tasks(self, status: TaskStatus | str | None = None) -> list[Task]:
-        """All known tasks in creation order, optionally only those with ``status``."""
+        """All known tasks in creation order, optionally only those with ``status``.
+
+        On the Redis backend: a short blocking read (see :meth:`alist_tasks`).
+        """
+        if self._remote is not None:
+            return self._remote.list_tasks(None if status is None else TaskStatus(status))
         tasks = list(self._tasks.values())
         if status is None:
             return tasks
@@ -418,7 +424,10 @@ class TaskManager:
         return self._threads.abandoned
 
     def running_tasks(self) -> list[Task]:
-        """Tasks executing now."""
+        """Tasks executing now (in this process)."""
+        if self._remote is not None:
+            worker = self._remote.worker
+            return worker.running() if worker is not None else []
         return [job.task for job in self._running_jobs()]
 
     def pending_tasks(self) -> list[Task]:
@@ -436,6 +445,8 @@ class TaskManager:
         """
         if timeout is not None:
             check_timeout(timeout, "wait_for_task() timeout")
+        if self._remote is not None:
+            return await self._remote.wait(task_id, timeout)
         job = self._jobs.get(task_id)
         if job is None:  # finished (or unknown): inlined _finished(), the common case when
             task = self._tasks.get(task_id)  # waiting for a batch one task after another
@@ -464,8 +475,11 @@ class TaskManager:
         """Cancel a pending or running task; True if it ended CANCELLED.
 
         A pending task is cancelled at once. A running one receives ``CancelledError`` and this
-        waits until it has unwound. Finished or unknown tasks: False.
+        waits until it has unwound. Finished or unknown tasks: False. On Redis this works from
+        any process: the process running the task cancels it.
         """
+        if self._remote is not None:
+            return await self._remote.cancel(task_id)
         job = self._jobs.get(task_id)
         if job is None:
             return False
@@ -493,6 +507,13 @@ class TaskManager:
         unknown id. Updates to a task that already finished are ignored.
         """
         check_progress(progress)
+        if self._remote is not None:
+            # Only the process running a task reports its progress; elsewhere it is ignored.
+            if not self._remote.progress(task_id, float(progress)) and (
+                self._remote.get_task(task_id) is None
+            ):
+                raise TaskNotFoundError(task_id)
+            return
         job = self._jobs.get(task_id)
         if job is None or job.task.is_done:
             self._finished(task_id)  # unknown ids raise; late updates to finished tasks are no-ops
@@ -507,6 +528,13 @@ class TaskManager:
         and changes nothing about the task.
         """
         task_id = task.id if isinstance(task, Task) else task
+        if self._remote is not None:
+            if not callable(callback):
+                raise TypeError(f"callback must be callable, got {callback!r}")
+            waiting = asyncio.ensure_future(self._call_when_done(task_id, callback))
+            self._background.add(waiting)
+            waiting.add_done_callback(self._callback_done)
+            return
         job = self._jobs.get(task_id)
         found = job.task if job is not None else self._finished(task_id)
         if not callable(callback):
@@ -518,6 +546,10 @@ class TaskManager:
                 job.callbacks = []
             job.callbacks.append(callback)
 
+    async def _call_when_done(self, task_id: str, callback: TaskCallback) -> None:
+        finished = await self.wait_for_task(task_id)
+        self._run_callback(callback, finished)
+
     def remove_callback(self, task: Task | str, callback: TaskCallback) -> bool:
         """Remove a callback added with :meth:`add_callback`; False if it was not there."""
         job = self._jobs.get(task.id if isinstance(task, Task) else task)
@@ -527,7 +559,14 @@ class TaskManager:
         return True
 
     def cleanup(self) -> int:
-        """Evict finished tasks older than ``task_result_ttl`` now; returns how many."""
+        """Evict finished tasks older than ``task_result_ttl`` now; returns how many.
+
+        On Redis, records expire by themselves (their TTL); this schedules the sweep of their
+        index entries and returns 0.
+        """
+        if self._remote is not None:
+            self._remote.schedule_sweep()
+            return 0
         cutoff = self._clock() - self.config.task_result_ttl
         history = self._history
         evicted = 0
@@ -535,240 +574,6 @@ class TaskManager:
             self._forget(history.popleft())
             evicted += 1
         return evicted
-
-    # -- internals: scheduling ----------------------------------------------------------------
-
-    def _on_loop_thread(self) -> bool:
-        """Bind to the running loop if we may; True when called on the manager's loop."""
-        loop = _get_running_loop()  # None outside a loop, where get_running_loop() raises
-        if loop is not None and loop is self._loop:
-            return True
-        bound = self._loop
-        if loop is not None and (bound is None or bound.is_closed() or not self._jobs_active()):
-            self._bind(loop)
-            return True
-        if bound is None or bound.is_closed():
-            raise RuntimeError(
-                "this TaskManager has no running event loop yet: create the first task from "
-                "async code (or call 'await manager.start()')"
-            )
-        return False
-
-    def _running_jobs(self) -> list[_Job]:
-        # A snapshot (list() of a dict is atomic): scrapes may call this from other threads.
-        running = TaskStatus.RUNNING
-        return [job for job in list(self._jobs.values()) if job.task.status is running]
-
-    def _jobs_active(self) -> bool:
-        return bool(self._running or self._pending)
-
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        if self._cleanup_handle is not None:
-            self._cleanup_handle.cancel()
-        self._cleanup_handle = loop.call_later(self.config.cleanup_interval, self._cleanup_tick)
-        if self._watchdog is not None:
-            self._watchdog.start(loop)
-
-    def _cleanup_tick(self) -> None:
-        try:
-            self.cleanup()
-        except Exception as exc:  # never let the sweeper die
-            self.report_internal_error("cleanup", exc)
-        if self._state in (_State.IDLE, _State.RUNNING) and self._loop is not None:
-            self._cleanup_handle = self._loop.call_later(
-                self.config.cleanup_interval, self._cleanup_tick
-            )
-
-    def _admit(self, job: _Job) -> None:
-        if job.task.status is not TaskStatus.PENDING:
-            return  # cancelled before it was admitted
-        if not self._accepting:
-            self._cancel_pending(job)
-        elif self._running < self.config.max_concurrent_tasks:
-            self._start(job)
-        else:
-            self._pending.append(job)
-
-    def _start(self, job: _Job) -> None:
-        # Only ever called with a PENDING job (see _admit), so PENDING -> RUNNING is valid.
-        task = job.task
-        task.status = TaskStatus.RUNNING
-        task._mono_started = self._clock()
-        self._running += 1
-        loop = self._loop
-        assert loop is not None
-        # A fresh context: a task must not inherit whatever the creating request (or the task
-        # that freed its slot) had current. Middleware sets up what the task should see.
-        ctx = contextvars.Context()
-        if _HAS_TASK_CONTEXT:
-            job.aio = loop.create_task(self._run(job), context=ctx)  # type: ignore[call-arg]
-        else:  # pragma: no cover - Python 3.10
-            job.aio = ctx.run(loop.create_task, self._run(job))
-        # Nothing may cancel job.aio before its first step (its body, and so _finish, would never
-        # run): cancel_task() sets cancel_requested instead, and shutdown() force-finishes.
-
-    async def _run(self, job: _Job) -> None:
-        job.entered = True
-        task = job.task
-        current_var.set((self, task))
-        try:
-            if self._middleware:
-                chain = self._chain
-                if chain is None:
-                    chain = self._chain = build_chain(
-                        [mw for _, mw in self._middleware], self._execute
-                    )
-                await chain(task)
-            else:
-                # No middleware: _execute's work inlined, one coroutine less per task.
-                handle = None if task.timeout is None else self._arm_timeout(job)
-                try:
-                    if job.cancel_requested:  # cancel_task() came before the first step
-                        raise asyncio.CancelledError
-                    result = await job.start(task.id, self._threads)
-                except BaseException as exc:
-                    self._failure(job, exc)
-                    raise
-                finally:
-                    if handle is not None:
-                        handle.cancel()
-                job.has_outcome = True
-                job.result = result
-        except (Exception, asyncio.CancelledError) as exc:
-            if not job.has_outcome:
-                job.record(error=exc)
-        except BaseException as exc:  # KeyboardInterrupt/SystemExit: record, then let it go
-            if not job.has_outcome:
-                job.record(error=exc)
-            self._finish(job)
-            raise
-        self._finish(job)
-
-    async def _execute(self, task: Task) -> Any:
-        """Innermost link of the middleware chain: run the function under its timeout."""
-        job = self._jobs[task.id]
-        handle = self._arm_timeout(job)
-        try:
-            result = await self._invoke(job)
-        except BaseException as exc:
-            error = self._failure(job, exc)
-            if error is exc:
-                raise
-            raise error from None
-        finally:
-            if handle is not None:
-                handle.cancel()
-        job.record(result)
-        return result
-
-    def _arm_timeout(self, job: _Job) -> asyncio.TimerHandle | None:
-        timeout = job.task.timeout
-        if timeout is None:
-            return None
-        assert self._loop is not None
-        return self._loop.call_later(timeout, self._expire, job)
-
-    def _invoke(self, job: _Job) -> Awaitable[Any]:
-        if job.cancel_requested:  # cancel_task() came before the task's first step
-            raise asyncio.CancelledError
-        return job.start(job.task.id, self._threads)
-
-    def _failure(self, job: _Job, exc: BaseException) -> BaseException:
-        """Record what an execution that raised ``exc`` ended with, and return it.
-
-        The cancellation our own timeout caused becomes a :class:`TaskTimeoutError` (and the
-        asyncio task is un-cancelled, so that the middleware above sees a plain exception).
-        """
-        if job.timed_out and isinstance(exc, asyncio.CancelledError):
-            current = asyncio.current_task()
-            if current is not None and hasattr(current, "uncancel"):
-                current.uncancel()
-            assert job.task.timeout is not None
-            exc = TaskTimeoutError(job.task.timeout)
-        job.record(error=exc)
-        return exc
-
-    def _expire(self, job: _Job) -> None:
-        if job.aio is not None and not job.task.is_done:
-            job.timed_out = True
-            job.aio.cancel()
-
-    # -- internals: endings -------------------------------------------------------------------
-
-    def _cancel_pending(self, job: _Job) -> None:
-        task = job.task
-        check_transition(task.status, TaskStatus.CANCELLED)
-        with contextlib.suppress(ValueError):  # not admitted yet (created from another thread)
-            self._pending.remove(job)
-        task.status = TaskStatus.CANCELLED
-        task._mono_finished = self._clock()
-        self._notify("on_cancelled_pending", task)
-        self._settle(job)
-
-    def _finish(self, job: _Job, *, forced: bool = False) -> None:
-        task = job.task
-        if task.status is not TaskStatus.RUNNING:
-            return  # already forced to CANCELLED during shutdown
-        # RUNNING may move to any final status: no transition check needed.
-        task._mono_finished = self._clock()
-        if forced or not job.has_outcome:
-            task.status = TaskStatus.CANCELLED
-        elif job.error is None:
-            task.result = job.result
-            task.status = TaskStatus.COMPLETED
-        else:
-            status = outcome_status(job.error)
-            if status is not TaskStatus.CANCELLED:
-                task.error = job.error
-            task.status = status
-        self._running -= 1
-        self._settle(job)
-        if self._pending:
-            self._admit_next()
-
-    def _admit_next(self) -> None:
-        limit = self.config.max_concurrent_tasks
-        while self._pending and self._running < limit and self._accepting:
-            self._start(self._pending.popleft())
-
-    def _settle(self, job: _Job) -> None:
-        """Common ending: wake waiters, run callbacks, file into history (or forget)."""
-        task = job.task
-        # Drop references to the function and its arguments as soon as possible.
-        job.func, job.args, job.kwargs = _spent, (), _NO_KWARGS
-        job.aio = None
-        self._jobs.pop(task.id, None)  # only the Task stays in history, not its execution state
-        if job.waiters:
-            for waiter in job.waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            job.waiters = None
-        if job.callbacks:
-            for callback in job.callbacks:
-                self._run_callback(callback, task)
-            job.callbacks = None
-        config = self.config
-        limit = config.max_task_history
-        if not config.enable_task_history or limit == 0:
-            self._forget(task)
-            return
-        history = self._history
-        history.append(task)
-        while len(history) > limit:
-            old = history.popleft()  # _forget(), inlined: once per task with a full history
-            if self._tasks.pop(old.id, None) is not None and self._listeners["on_evicted"]:
-                self._notify("on_evicted", old)
-        # TTL on completion too; checked inline here as this runs for every task.
-        if (history[0]._mono_finished or 0.0) <= (
-            (task._mono_finished or 0.0) - config.task_result_ttl
-        ):
-            self.cleanup()
-
-    def _forget(self, task: Task) -> None:
-        known = self._tasks.pop(task.id, None)
-        if known is not None and self._listeners["on_evicted"]:
-            self._notify("on_evicted", task)
 
     # -- internals: failsafe hooks ------------------------------------------------------------
 
@@ -843,6 +648,11 @@ class TaskManager:
             exc,
             exc_info=exc,
         )
+
+    @property
+    def backend(self) -> RedisBackend | None:
+        """The Redis backend in use, or ``None`` for the memory backend (the default)."""
+        return self._remote
 
     def __repr__(self) -> str:
         return (

@@ -53,8 +53,12 @@ class TaskObserver:
     when a sync task creates tasks or reports progress: keep hooks thread-safe.
     """
 
+    def on_submit(self, task: Task) -> None:
+        """A task is about to be stored: add to ``task.headers`` what must travel with it
+        (the tracer's W3C context). Runs in the creator's context, before ``on_created``."""
+
     def on_created(self, task: Task) -> None:
-        """A task was accepted (still PENDING)."""
+        """A task was accepted (still PENDING): stored by the backend (on Redis: written)."""
 
     def on_cancelled_pending(self, task: Task) -> None:
         """A task was cancelled before it ever started (``cancel_task`` or shutdown)."""
@@ -90,6 +94,7 @@ class TaskObserver:
 
 
 OBSERVER_HOOKS = (
+    "on_submit",
     "on_created",
     "on_cancelled_pending",
     "on_progress",

@@ -45,11 +45,13 @@ class Task:
     """
 
     __slots__ = (
+        "__weakref__",  # the Redis backend keeps the Task objects it handed out, weakly
         "_headers",
         "_mono_created",
         "_mono_finished",
         "_mono_started",
         "_wall_created",
+        "attempts",
         "error",
         "function",
         "id",
@@ -84,6 +86,8 @@ class Task:
         """0 to 100, set by ``update_task_progress``."""
         self.timeout = timeout
         """Seconds of execution allowed, or ``None``."""
+        self.attempts = 0
+        """Executions started so far: 1 once it ran (more on Redis after a lost worker)."""
         self._headers: dict[str, str] | None = None
         self._wall_created = wall_created
         self._mono_created = mono_created
@@ -146,6 +150,7 @@ class Task:
             "function": self.function,
             "status": self.status.value,
             "progress": self.progress,
+            "attempts": self.attempts,
             "created_at": self.created_at.isoformat(),
             "started_at": started.isoformat() if started else None,
             "completed_at": completed.isoformat() if completed else None,

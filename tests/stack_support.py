@@ -29,6 +29,8 @@ import pytest
 import yaml
 from helpers import free_port
 
+from observable_tasks.telemetry import names
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -400,6 +402,18 @@ _PROMQL_WORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
     "bool", "offset", "inf", "nan", "atan2",
 }  # fmt: skip
+
+
+REDIS_ONLY = {
+    names.metric_name(suffix) + {"counter": "_total"}.get(kind, "")
+    for suffix, (kind, _) in names.QUEUE_METRICS.items()
+}
+"""Series only processes on the Redis backend export (the live stack runs the memory demo)."""
+
+
+def redis_only(query: Query) -> bool:
+    """Whether ``query`` reads Redis queue metrics (no data from a memory-backend demo)."""
+    return bool(metric_names(query.expr) & REDIS_ONLY)
 
 
 def metric_names(expr: str) -> set[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import poll_task
+from helpers import free_port, poll_task
 from server_process import serve
 
 from observable_tasks import cli, demo
@@ -26,6 +26,8 @@ DEMO_OPTIONS = {
     "--max-concurrent-tasks",
     "--max-body-bytes",
     "--debug",
+    "--backend",
+    "--no-worker",
 }
 DEMO_ENV = (
     "DEMO_DEBUG",
@@ -34,7 +36,16 @@ DEMO_ENV = (
     "DEMO_DATA_DIR",
     "DEMO_LOG_LEVEL",
     "PROMETHEUS_MULTIPROC_DIR",
+    "DEMO_NO_WORKER",
+    "OBSERVABLE_TASKS_BACKEND",
 )
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset DEMO_ENV for the test; whatever the CLI writes into os.environ is undone after."""
+    for key in DEMO_ENV:
+        monkeypatch.setenv(key, "")  # recorded, so that the test's own writes are undone too
+        monkeypatch.delenv(key)
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,8 +65,7 @@ def _demo_parser() -> argparse.ArgumentParser:
 def test_demo_help_shows_every_option_with_its_default(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key in DEMO_ENV:
-        monkeypatch.delenv(key, raising=False)
+    _clean_env(monkeypatch)
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     text = capsys.readouterr().out
@@ -76,6 +86,8 @@ def test_demo_help_shows_every_option_with_its_default(
     assert "(default: 1048576)" in entries["--max-body-bytes"]
     assert "(default: False)" in entries["--debug"]
     assert "(default: 50)" in entries["--max-concurrent-tasks"]
+    assert "(default: $OBSERVABLE_TASKS_BACKEND)" in entries["--backend"]
+    assert "(default: False)" in entries["--no-worker"]
     assert cli._MAX_BODY_BYTES == demo.DEFAULT_MAX_BODY_BYTES
 
 
@@ -87,21 +99,8 @@ def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert args.debug is True
 
 
-@pytest.mark.parametrize(
-    ("argv", "env"),
-    [
-        (["demo"], {"DEMO_DEBUG": "0", "DEMO_MAX_BODY_BYTES": "1048576"}),
-        (
-            ["demo", "--debug", "--max-body-bytes", "1234", "--max-concurrent-tasks", "7"],
-            {"DEMO_DEBUG": "1", "DEMO_MAX_BODY_BYTES": "1234", "DEMO_MAX_CONCURRENT_TASKS": "7"},
-        ),
-    ],
-)
-def test_demo_passes_its_options_to_the_workers(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str]
-) -> None:
-    for key in DEMO_ENV:
-        monkeypatch.delenv(key, raising=False)
+def _run_demo(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> dict[str, Any]:
+    """``cli.main(argv)`` with uvicorn.run faked: what it was given, and the environment."""
     seen: dict[str, Any] = {}
 
     def fake_run(app: str, **kwargs: Any) -> None:
@@ -116,10 +115,48 @@ def test_demo_passes_its_options_to_the_workers(
     import observable_tasks.telemetry.logs as logs
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(cli, "_check_redis", lambda url: seen.update(checked=url))
     # This test process keeps its own logging set-up.
     monkeypatch.setattr(telemetry, "configure_logging", lambda **kw: None)
     monkeypatch.setattr(logs, "capture_stdlib_logging", lambda level=0: None)
     assert cli.main(argv) == 0
+    return seen
+
+
+REDIS_URL = "redis://:s3cret@redis.example:6380/2"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (
+            ["demo"],
+            {
+                "DEMO_DEBUG": "0",
+                "DEMO_MAX_BODY_BYTES": "1048576",
+                "OBSERVABLE_TASKS_BACKEND": "memory",
+                "DEMO_NO_WORKER": "0",
+            },
+        ),
+        (
+            ["demo", "--debug", "--max-body-bytes", "1234", "--max-concurrent-tasks", "7"],
+            {"DEMO_DEBUG": "1", "DEMO_MAX_BODY_BYTES": "1234", "DEMO_MAX_CONCURRENT_TASKS": "7"},
+        ),
+        (
+            ["demo", "--backend", REDIS_URL, "--workers", "3", "--no-worker"],
+            {"OBSERVABLE_TASKS_BACKEND": REDIS_URL, "DEMO_NO_WORKER": "1"},
+        ),
+        (
+            ["demo", "--backend", "rediss://cache.example:6379/0", "--workers", "2"],
+            {"OBSERVABLE_TASKS_BACKEND": "rediss://cache.example:6379/0", "DEMO_NO_WORKER": "0"},
+        ),
+    ],
+)
+def test_demo_passes_its_options_to_the_workers(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str]
+) -> None:
+    _clean_env(monkeypatch)
+    seen = _run_demo(monkeypatch, argv)
     assert seen["app"] == "observable_tasks.demo:app"
     assert seen["log_config"] is None  # uvicorn's loggers propagate to ours
     for key, value in env.items():
@@ -127,6 +164,64 @@ def test_demo_passes_its_options_to_the_workers(
     assert seen["data_mode"] == 0o700
     assert seen["sample"]
     assert not Path(seen["env"]["DEMO_DATA_DIR"]).exists()  # removed at exit
+    # Redis is checked before the server starts; the memory backend needs no check.
+    backend = seen["env"]["OBSERVABLE_TASKS_BACKEND"]
+    assert seen.get("checked") == (None if backend == "memory" else backend)
+
+
+def test_unreachable_redis_stops_the_demo_at_once() -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    with pytest.raises(SystemExit) as refused:
+        cli._check_redis(url)
+    message = str(refused.value)
+    assert "cannot reach Redis at redis://:***@127.0.0.1:" in message
+    assert "s3cret" not in message
+
+
+def test_backend_and_no_worker_defaults_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("OBSERVABLE_TASKS_BACKEND", REDIS_URL)
+    monkeypatch.setenv("DEMO_NO_WORKER", "1")
+    seen = _run_demo(monkeypatch, ["demo", "--workers", "2"])
+    assert seen["workers"] == 2
+    assert seen["env"]["OBSERVABLE_TASKS_BACKEND"] == REDIS_URL
+    assert seen["env"]["DEMO_NO_WORKER"] == "1"
+    # --help names the variable, never its value (it may hold a password).
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    text = capsys.readouterr().out
+    assert "s3cret" not in text
+    assert "$OBSERVABLE_TASKS_BACKEND" in text
+
+
+def test_bad_backend_and_no_worker_without_redis_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clean_env(monkeypatch)
+    with pytest.raises(SystemExit) as refused:
+        _run_demo(monkeypatch, ["demo", "--no-worker"])
+    assert "--no-worker needs a Redis backend" in str(refused.value)
+    with pytest.raises(SystemExit) as refused:
+        _run_demo(monkeypatch, ["demo", "--backend", "memory", "--no-worker"])
+    assert "--no-worker needs a Redis backend" in str(refused.value)
+    with pytest.raises(SystemExit) as refused:
+        _run_demo(monkeypatch, ["demo", "--backend", "http://user:s3cret@host:6379/0"])
+    message = str(refused.value)
+    assert "must be 'memory' or a Redis URL" in message
+    assert "s3cret" not in message
+
+
+def test_several_workers_on_the_memory_backend_warn(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _clean_env(monkeypatch)
+    _run_demo(monkeypatch, ["demo", "--workers", "2"])
+    assert "each process has its own tasks" in capsys.readouterr().err
+    _clean_env(monkeypatch)
+    _run_demo(monkeypatch, ["demo", "--workers", "2", "--backend", REDIS_URL])
+    assert "each process has its own tasks" not in capsys.readouterr().err
 
 
 @pytest.mark.e2e

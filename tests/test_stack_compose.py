@@ -2,18 +2,25 @@
 
 The services exist, every mounted host path exists in the repo, the ports are published, the app
 exports traces to the jaeger service, Prometheus scrapes the app service by name with the rules
-mounted, Grafana gets its provisioning, and the image runs the demo.
+mounted, Grafana gets its provisioning, and the image runs the demo. The tasks live in the redis
+service (AOF on, no eviction), the app is web only on that backend and the worker service runs
+them, both from the app's image, sharing the demo's data folder; their commands parse with the
+real command line.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shlex
 from typing import Any
 
+import pytest
 import yaml
 from stack_support import COMPOSE_FILE, DOCKERFILE, PROMETHEUS_CONFIG, REPO
+
+from observable_tasks import cli
 
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -27,6 +34,10 @@ def _published(service: str) -> set[int]:
         assert host.split(":")[-1] == container.split("/")[0], f"{service}: {entry} remaps"
         ports.add(int(container.split("/")[0]))
     return ports
+
+
+NAMED_VOLUMES: dict[str, Any] = COMPOSE.get("volumes") or {}
+REDIS_URL = "redis://redis:6379/0"
 
 
 def _volumes(service: str) -> list[tuple[str, str, str]]:
@@ -45,7 +56,7 @@ def _env(service: str) -> dict[str, str]:
 
 
 def test_services() -> None:
-    assert {"app", "prometheus", "jaeger", "grafana", "loadgen"} <= set(SERVICES)
+    assert {"app", "worker", "redis", "prometheus", "jaeger", "grafana", "loadgen"} <= set(SERVICES)
     assert "version" not in COMPOSE, "the compose spec has no version key any more"
 
 
@@ -60,12 +71,16 @@ def test_every_mounted_host_path_exists_in_the_repo() -> None:
     mounts = 0
     for name in SERVICES:
         for host, container, mode in _volumes(name):
-            assert host.startswith("./"), f"{name}: {host} is not a repo path"
-            assert (REPO / host).exists(), f"{name}: {host} does not exist"
             assert container.startswith("/")
+            if host in NAMED_VOLUMES:  # a volume of compose's own (data), declared below
+                continue
+            assert host.startswith("./"), f"{name}: {host} is neither a repo path nor a volume"
+            assert (REPO / host).exists(), f"{name}: {host} does not exist"
             assert mode == "ro", f"{name}: mount {host} read-only"
             mounts += 1
     assert mounts >= 4
+    used = {host for name in SERVICES for host, _, _ in _volumes(name)}
+    assert set(NAMED_VOLUMES) <= used, "a declared volume no service mounts"
 
 
 def test_images_are_pinned_or_built_here() -> None:
@@ -84,11 +99,79 @@ def test_app_is_built_from_the_repo_and_exports_traces_to_jaeger() -> None:
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
     assert env["OTEL_SERVICE_NAME"] == "observable-tasks-demo"
     assert "jaeger" in app["depends_on"]
+    assert app["depends_on"]["redis"]["condition"] == "service_healthy"
     assert app["command"][:2] == ["observable-tasks", "demo"]
     assert app["command"][app["command"].index("--host") + 1] == "0.0.0.0"
     assert app["command"][app["command"].index("--port") + 1] == "8000"
     check = " ".join(app["healthcheck"]["test"])
     assert "http://127.0.0.1:8000/metrics" in check
+
+
+def _subcommand(name: str) -> argparse.ArgumentParser | None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser | None = sub.choices.get(name)
+    return found
+
+
+def test_app_is_web_only_on_the_redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    command = SERVICES["app"]["command"]
+    for key, value in _env("app").items():
+        monkeypatch.setenv(key, value)
+    assert "--no-worker" in command  # the worker service runs the tasks
+    args = cli.build_parser().parse_args(command[1:])  # the real CLI accepts it
+    assert args.no_worker is True
+    assert cli._backend(args.backend) == REDIS_URL  # from OBSERVABLE_TASKS_BACKEND
+
+
+def test_redis_keeps_tasks_across_restarts_and_never_evicts() -> None:
+    redis = SERVICES["redis"]
+    assert re.fullmatch(r"redis:7\.\d+\.\d+", redis["image"]), redis["image"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-cli" in redis["healthcheck"]["test"]
+    (data,) = [(h, c) for h, c, _ in _volumes("redis") if c == "/data"]
+    assert data[0] in NAMED_VOLUMES  # the AOF outlives the container
+    assert "ports" not in redis  # reachable by the services only
+
+
+def test_worker_runs_the_demo_tasks_from_the_same_redis() -> None:
+    worker = SERVICES["worker"]
+    assert worker["build"] == SERVICES["app"]["build"] == "."  # the app's image
+    command = worker["command"]
+    assert command[:2] == ["observable-tasks", "worker"]
+    assert command[command.index("--backend") + 1] == REDIS_URL
+    assert command[-1] == "observable_tasks.demo"  # the module whose functions it may run
+    # The demo's 50 slots (the load generator's bursts of 60 saturate them).
+    assert command[command.index("--concurrency") + 1] == "50"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    env = _env("worker")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+    assert env["OTEL_SERVICE_NAME"] == "observable-tasks-worker"
+    # One data folder for the app and the worker: /process-file and exports work anywhere.
+    for service in ("app", "worker"):
+        mounts = {c: h for h, c, _ in _volumes(service)}
+        folder = _env(service)["DEMO_DATA_DIR"]
+        assert mounts[folder] in NAMED_VOLUMES, service
+    assert {c: h for h, c, _ in _volumes("app")}[_env("app")["DEMO_DATA_DIR"]] == {
+        c: h for h, c, _ in _volumes("worker")
+    }[_env("worker")["DEMO_DATA_DIR"]]
+    # Compose waits for the worker's graceful shutdown (30 s) before it kills.
+    assert int(worker["stop_grace_period"].rstrip("s")) > 30
+
+
+def test_worker_command_parses_with_the_real_cli() -> None:
+    if _subcommand("worker") is None:
+        pytest.skip("observable-tasks worker is not on this branch yet")
+    command = SERVICES["worker"]["command"]
+    args = cli.build_parser().parse_args(command[1:])
+    assert args.command == "worker"
+    assert args.backend == REDIS_URL
+    assert args.modules == ["observable_tasks.demo"]
+    assert args.concurrency == 50
+    assert args.metrics_port == 9100
 
 
 def test_jaeger_accepts_otlp() -> None:
@@ -109,6 +192,12 @@ def test_prometheus_gets_config_and_rules_and_scrapes_the_app_by_name() -> None:
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
     assert targets == ["app:8000"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
+    # Every worker replica too (outcomes are counted where tasks run), on its metrics port.
+    (dns,) = job["dns_sd_configs"]
+    assert dns["names"] == ["worker"]
+    assert dns["type"] == "A"
+    worker = SERVICES["worker"]["command"]
+    assert str(dns["port"]) == worker[worker.index("--metrics-port") + 1]
 
 
 def test_grafana_is_provisioned_with_anonymous_view() -> None:
@@ -172,6 +261,10 @@ def test_dockerfile_installs_the_package_and_runs_the_demo() -> None:
     assert "EXPOSE" in kinds
     assert dict(instructions)["EXPOSE"] == "8000"
     assert any(kind == "USER" for kind in kinds), "run as a non-root user"
+    # The demo's data folder (mounted as a shared volume by compose): made, private, the user's.
+    setup = " ".join(runs)
+    assert "mkdir -m 0700 /data" in setup
+    assert "chown -R app:app /data" in setup
 
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:

@@ -77,6 +77,8 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         "ObservableTasksHighTimeoutRatio",
         "ObservableTasksPendingBacklogHigh",
         "ObservableTasksSaturated",
+        "ObservableTasksQueueLagHigh",
+        "ObservableTasksNoLiveWorker",
     }
     firing: set[str] = set()
     quiet: set[str] = set()

@@ -20,8 +20,8 @@ from structlog.tracebacks import ExceptionDictTransformer
 
 from observable_tasks.errors import TaskTimeoutError
 from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
-from observable_tasks.telemetry.names import LOG_EVENTS, LOG_FIELDS, STATUS_LABELS
-from observable_tasks.telemetry.pipeline import TelemetryPart
+from observable_tasks.telemetry.names import LOG_EVENTS, LOG_FIELDS, RELEASED, STATUS_LABELS
+from observable_tasks.telemetry.pipeline import AttemptAbandoned, TelemetryPart
 
 if TYPE_CHECKING:
     from observable_tasks.task import Task
@@ -184,6 +184,12 @@ class TaskLogger(TelemetryPart):
         if self._last_progress:
             self._last_progress.pop(task.id, None)
         level = self._level
+        if isinstance(error, AttemptAbandoned):
+            if level <= _WARNING:
+                self._log.warning(
+                    LOG_EVENTS["released"], **fields, status=RELEASED, duration_s=elapsed
+                )
+            return
         if error is None:
             if level <= _INFO:
                 self._log.info(

@@ -25,13 +25,14 @@ from observable_tasks.middleware import outcome_status
 from observable_tasks.status import TaskStatus
 from observable_tasks.telemetry import names
 from observable_tasks.telemetry._common import error_type
-from observable_tasks.telemetry.pipeline import TelemetryPart
+from observable_tasks.telemetry.pipeline import AttemptAbandoned, TelemetryPart
+from observable_tasks.telemetry.queue_metrics import QueueCollector
 
 if TYPE_CHECKING:
     from observable_tasks.manager import TaskManager
     from observable_tasks.task import Task
 
-__all__ = ["TaskMetrics", "LabelLimiter", "is_multiprocess"]
+__all__ = ["TaskMetrics", "LabelLimiter", "is_multiprocess", "queue_collectors"]
 
 # Label values as plain strings: an enum's .value is a Python-level descriptor, paid per task.
 _COMPLETED = names.STATUS_LABELS[TaskStatus.COMPLETED.value]
@@ -184,6 +185,11 @@ class _Families:
             self.collector = _StateCollector(namespace)
             if reg is not None:
                 reg.register(self.collector)
+        # Redis queue gauges: registered here, or added per scrape in multiprocess mode (the
+        # route's fresh registry), since they are read from Redis, not from process memory.
+        self.queue = QueueCollector(namespace)
+        if reg is not None and not multiprocess:
+            reg.register(self.queue)
         self.tasks = LabelLimiter(names.LABEL_TASK, 1, self.overflow)  # replaced by configure()
         self.error_types = LabelLimiter(names.LABEL_ERROR_TYPE, 1, self.overflow)
         self._configured = False
@@ -205,6 +211,12 @@ _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[tuple[str, bool], _
     weakref.WeakKeyDictionary()
 )
 _FAMILIES_LOCK = threading.Lock()
+
+
+def queue_collectors(registry: CollectorRegistry) -> list[QueueCollector]:
+    """The Redis queue collectors of ``registry``'s metric families (for multiprocess scrapes)."""
+    with _FAMILIES_LOCK:
+        return [f.queue for f in _FAMILIES.get(registry, {}).values() if f.queue.managers]
 
 
 def _families(registry: CollectorRegistry, namespace: str, multiprocess: bool) -> _Families:
@@ -270,7 +282,12 @@ class TaskMetrics(TelemetryPart):
         self._bound: dict[str, _Bound] = {}
 
     def attach(self, manager: TaskManager) -> None:
-        """Count this manager's running/pending tasks and its limit in the gauges."""
+        """Count this manager's running/pending tasks and its limit in the gauges (and, on the
+        Redis backend, its queue's gauges)."""
+        if manager.backend is not None:
+            self._f.queue.managers.add(manager)
+            if not manager.backend.execute:
+                return  # a web-only process runs nothing: no capacity, nothing running here
         if self._f.collector is not None:
             self._f.collector.managers.add(manager)
         elif self._f.limit is not None:
@@ -339,6 +356,8 @@ class TaskMetrics(TelemetryPart):
             bound.duration[_COMPLETED].observe(elapsed)
             bound.last_success.set(time.time())
             return
+        if isinstance(error, AttemptAbandoned):
+            return  # no outcome (released, or taken over by another worker): nothing to count
         status = names.STATUS_LABELS[outcome_status(error).value]
         bound.finished[status].inc()
         bound.duration[status].observe(elapsed)
@@ -389,6 +408,13 @@ class _StateCollector(Collector):
         for label in sorted(known | set(running) | set(pending)):
             running_family.add_metric([label], running.get(label, 0))
             pending_family.add_metric([label], pending.get(label, 0))
-        limit_family.add_metric([], sum(m.config.max_concurrent_tasks for m in managers))
+        limit_family.add_metric(
+            [],
+            sum(
+                m.config.max_concurrent_tasks
+                for m in managers
+                if m.backend is None or m.backend.execute  # web-only processes run nothing
+            ),
+        )
         abandoned_family.add_metric([], sum(m.abandoned_threads for m in managers))
         return [running_family, pending_family, limit_family, abandoned_family]

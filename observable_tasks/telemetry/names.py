@@ -19,9 +19,18 @@ __all__ = [
     "TASK_LAST_SUCCESS",
     "TELEMETRY_ERRORS",
     "LABEL_OVERFLOW",
+    "QUEUE_PENDING",
+    "QUEUE_RUNNING",
+    "QUEUE_OLDEST_AGE",
+    "QUEUE_WORKERS",
+    "QUEUE_REDELIVERIES",
+    "QUEUE_UP",
+    "LABEL_QUEUE",
     "EVENT_LOOP_LAG",
     "SYNC_THREADS_ABANDONED",
     "METRICS",
+    "QUEUE_METRICS",
+    "ALL_METRICS",
     "LABEL_TASK",
     "LABEL_STATUS",
     "LABEL_ERROR_TYPE",
@@ -30,6 +39,7 @@ __all__ = [
     "OVERFLOW_VALUE",
     "FINISHED_STATUSES",
     "STATUS_LABELS",
+    "RELEASED",
     "metric_name",
     "exported_names",
     "DURATION_BUCKETS",
@@ -69,6 +79,18 @@ TASK_LAST_SUCCESS = "task_last_success_timestamp_seconds"
 """Gauge {task}: Unix time of the last COMPLETED task."""
 TELEMETRY_ERRORS = "telemetry_errors"
 """Counter {component}: failures inside telemetry itself (never fail a task)."""
+QUEUE_PENDING = "queue_pending"
+"""Gauge {queue}: tasks waiting in the Redis queue (read from Redis at scrape time)."""
+QUEUE_RUNNING = "queue_running"
+"""Gauge {queue}: tasks claimed by a worker and not finished (cluster-wide)."""
+QUEUE_OLDEST_AGE = "queue_oldest_pending_age_seconds"
+"""Gauge {queue}: age of the oldest waiting task: the queue's lag."""
+QUEUE_WORKERS = "queue_workers"
+"""Gauge {queue}: workers that renewed their liveness within one lease."""
+QUEUE_REDELIVERIES = "queue_redeliveries"
+"""Counter {queue}: attempts after the first (a worker was lost, or its lease ran out)."""
+QUEUE_UP = "queue_up"
+"""Gauge {queue}: 1 when Redis answered the scrape's queue read, 0 when it did not."""
 LABEL_OVERFLOW = "label_overflow"
 """Counter {label}: label values folded into ``OVERFLOW_VALUE`` because of the cardinality cap."""
 EVENT_LOOP_LAG = "event_loop_lag_seconds"
@@ -93,11 +115,24 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     SYNC_THREADS_ABANDONED: ("gauge", ()),
 }
 
+#: Exported by processes on the Redis backend (read from Redis at scrape time).
+QUEUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    QUEUE_PENDING: ("gauge", ("queue",)),
+    QUEUE_RUNNING: ("gauge", ("queue",)),
+    QUEUE_OLDEST_AGE: ("gauge", ("queue",)),
+    QUEUE_WORKERS: ("gauge", ("queue",)),
+    QUEUE_REDELIVERIES: ("counter", ("queue",)),
+    QUEUE_UP: ("gauge", ("queue",)),
+}
+ALL_METRICS = {**METRICS, **QUEUE_METRICS}
+"""Every metric the library can export (dashboards and rules are checked against these)."""
+
 LABEL_TASK = "task"
 LABEL_STATUS = "status"
 LABEL_ERROR_TYPE = "error_type"
 LABEL_COMPONENT = "component"
 LABEL_LABEL = "label"
+LABEL_QUEUE = "queue"
 OVERFLOW_VALUE = "__other__"
 """Label value that stands for every value past the cardinality cap."""
 FINISHED_STATUSES = ("completed", "failed", "cancelled", "timeout")
@@ -111,6 +146,9 @@ STATUS_LABELS: dict[str, str] = {
     "TIMEOUT": "timeout",
 }
 """``TaskStatus`` value -> the label value used in metrics, log lines and span attributes."""
+RELEASED = "released"
+"""Status attribute/field of an attempt that ended without an outcome (Redis backend: handed
+back to the queue at shutdown, or taken over by another worker after its lease)."""
 
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -132,7 +170,7 @@ def metric_name(suffix: str, namespace: str = DEFAULT_NAMESPACE) -> str:
 def exported_names(namespace: str = DEFAULT_NAMESPACE) -> set[str]:
     """Every series name a scrape can contain (``_total``, ``_bucket``... included)."""
     names: set[str] = set()
-    for suffix, (kind, _) in METRICS.items():
+    for suffix, (kind, _) in ALL_METRICS.items():
         base = metric_name(suffix, namespace)
         if kind == "counter":
             names |= {f"{base}_total", f"{base}_created"}
@@ -166,6 +204,7 @@ class ATTR:
     TASK_STATUS = "observable_tasks.task.status"
     TASK_TIMEOUT = "observable_tasks.task.timeout_s"
     TASK_QUEUE_WAIT = "observable_tasks.task.queue_wait_s"
+    TASK_ATTEMPT = "observable_tasks.task.attempt"
     SYSTEM_VALUE = "observable_tasks"
 
 
@@ -180,6 +219,7 @@ LOG_EVENTS = {
     "cancelled": "task.cancelled",
     "progress": "task.progress",
     "evicted": "task.evicted",
+    "released": "task.released",
     "loop_stalled": "loop.stalled",
 }
 """structlog event names, keyed by what happened."""

@@ -23,11 +23,41 @@ from observable_tasks.status import TaskStatus
 if TYPE_CHECKING:
     from observable_tasks.task import Task
 
-__all__ = ["TelemetryPart", "TelemetryPipeline"]
+__all__ = ["AttemptAbandoned", "TelemetryPart", "TelemetryPipeline"]
 
 _SKIPPED = object()  # the state of a part whose begin() raised: its end() is not called
 _RUNNING = TaskStatus.RUNNING
+_COMPLETED = TaskStatus.COMPLETED
+_CANCELLED = TaskStatus.CANCELLED
 _FORCED = asyncio.CancelledError("cancelled by shutdown after ignoring its cancellation")
+
+
+class AttemptAbandoned(Exception):
+    """What the parts' ``end`` gets for an execution that ended without an outcome.
+
+    On the Redis backend: an attempt handed back to the queue at shutdown, or one whose lease
+    another worker took over. The task is not finished: nothing is counted as its outcome.
+    """
+
+
+_ABANDONED = AttemptAbandoned("the attempt ended without an outcome (released or taken over)")
+
+
+def _outcome(task: Task, raised: BaseException | None) -> BaseException | None:
+    """What the parts are told the execution ended with, from the task's *final* status.
+
+    The manager records the outcome before the middleware sees it, so the status is the truth:
+    a task shutdown force-cancelled after it ignored its cancellation is CANCELLED even if it
+    returned later; a result that could not be stored makes a FAILED task out of a return.
+    """
+    status = task.status
+    if status is _COMPLETED:
+        return None
+    if status is _RUNNING:
+        return _ABANDONED
+    if status is _CANCELLED:
+        return raised if isinstance(raised, asyncio.CancelledError) else _FORCED
+    return task.error if task.error is not None else raised
 
 
 class TelemetryPart(TaskObserver):
@@ -50,9 +80,9 @@ class TelemetryPart(TaskObserver):
         try:
             result = await call_next()
         except BaseException as exc:
-            self.end(task, state, exc, time.perf_counter() - start)
+            self.end(task, state, _outcome(task, exc), time.perf_counter() - start)
             raise
-        self.end(task, state, None, time.perf_counter() - start)
+        self.end(task, state, _outcome(task, None), time.perf_counter() - start)
         return result
 
 
@@ -98,11 +128,7 @@ class TelemetryPipeline(TaskObserver):
             raise
         finally:
             elapsed = time.perf_counter() - start
-            if task.status is not _RUNNING:
-                # Already given its final status (shutdown force-cancelled a task that ignored
-                # its cancellation and returned later): report that status, once, not the
-                # late return.
-                error = _FORCED
+            error = _outcome(task, error)
             i = len(states)
             for part in self._reversed:
                 i -= 1
@@ -120,6 +146,9 @@ class TelemetryPipeline(TaskObserver):
                 method(*args)
             except Exception as exc:
                 self._report(component, exc)
+
+    def on_submit(self, task: Task) -> None:
+        self._forward("on_submit", task)
 
     def on_created(self, task: Task) -> None:
         self._forward("on_created", task)

@@ -10,7 +10,7 @@ from nexios.routing import Route
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from observable_tasks.telemetry.metrics import is_multiprocess
+from observable_tasks.telemetry.metrics import is_multiprocess, queue_collectors
 
 __all__ = ["add_metrics_route"]
 
@@ -41,6 +41,8 @@ def add_metrics_route(
 
             source = CollectorRegistry()
             multiprocess.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
+            for queue in queue_collectors(chosen):
+                source.register(queue)  # read from Redis: the same from every process
         body = encoder(source)
         return response.resp(body, status_code=200, content_type=content_type)
 

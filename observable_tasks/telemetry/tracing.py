@@ -21,11 +21,12 @@ from observable_tasks.telemetry._common import error_type
 from observable_tasks.telemetry.names import (
     ATTR,
     INSTRUMENTATION_NAME,
+    RELEASED,
     SPAN_PROCESS,
     SPAN_SEND,
     STATUS_LABELS,
 )
-from observable_tasks.telemetry.pipeline import TelemetryPart
+from observable_tasks.telemetry.pipeline import AttemptAbandoned, TelemetryPart
 
 if TYPE_CHECKING:
     from observable_tasks.task import Task
@@ -58,7 +59,7 @@ class _Static:
 
 
 class TaskTracer(TelemetryPart):
-    """Tracing part: the send span in ``on_created``, the process span around the execution."""
+    """Tracing part: the send span in ``on_submit``, the process span around the execution."""
 
     name = "tracing"
 
@@ -75,7 +76,8 @@ class TaskTracer(TelemetryPart):
                 self._static[function] = static
         return static
 
-    def on_created(self, task: Task) -> None:
+    def on_submit(self, task: Task) -> None:
+        # Before the task is stored: on Redis the record must carry the context it injects.
         static = self._for(task.function)
         attributes = static.send_attributes.copy()
         attributes[ATTR.MESSAGE_ID] = task.id
@@ -102,6 +104,7 @@ class TaskTracer(TelemetryPart):
         wait = task.queue_wait
         if wait is not None:
             attributes[ATTR.TASK_QUEUE_WAIT] = wait
+        attributes[ATTR.TASK_ATTEMPT] = task.attempts  # a redelivery is a new span, same trace
         span = self._tracer.start_span(
             static.process_name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         )
@@ -129,6 +132,10 @@ class TaskTracer(TelemetryPart):
     def _close(self, span: trace.Span, error: BaseException | None) -> None:
         # Bookkeeping after the outcome is known: the span must end whatever happens here.
         try:
+            if isinstance(error, AttemptAbandoned):
+                # Not an outcome: the attempt went back to the queue or to another worker.
+                span.set_attribute(ATTR.TASK_STATUS, RELEASED)
+                return
             status = outcome_status(error)
             span.set_attribute(ATTR.TASK_STATUS, STATUS_LABELS[status.value])
             if status is TaskStatus.FAILED or status is TaskStatus.TIMEOUT:

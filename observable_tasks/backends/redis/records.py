@@ -1,0 +1,181 @@
+"""A task record as stored in its Redis hash, and the conversion both ways.
+
+Every hash value is bytes/str. ``payload`` (``[args, kwargs]``) and ``result`` go through the
+pluggable :class:`~.codec.Serializer` (JSON by default); ``error`` (``{type, message, code,
+details}``) is always JSON, so any reader (a console, the Lua scripts, which write the "worker
+lost" error) can read it. ``headers`` (trace context) is JSON too, except the usual case of a
+lone ``traceparent``, stored as its bare value (55 bytes): a JSON object would pass Redis'
+``hash-max-listpack-value`` (64 bytes) and turn every traced record into a hash table, about
+800 bytes more per task. Times are wall-clock float seconds; ``attempts`` is the fencing token
+the scripts compare.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import TaskError
+from ...status import TaskStatus
+from .codec import JsonSerializer, Serializer, encode_payload, encode_value
+
+__all__ = [
+    "TaskRecord", "decode_headers", "decode_record", "encode_headers", "encode_record", "error_info"
+]  # fmt: skip
+
+_JSON = JsonSerializer()
+
+
+@dataclass
+class TaskRecord:
+    """One task as the scripts see it (field names are the hash's field names)."""
+
+    id: str
+    func: str
+    name: str = ""
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    status: TaskStatus = TaskStatus.PENDING
+    progress: float = 0.0
+    attempts: int = 0
+    max_attempts: int = 1
+    timeout: float | None = None
+    ttl: float | None = None
+    """Seconds a finished record is kept (PEXPIRE set by the finishing script)."""
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    worker: str | None = None
+    msg: str | None = None
+    """Id of the task's current stream entry (while pending or running)."""
+    cancel: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+def encode_headers(headers: Mapping[str, str]) -> str:
+    """``headers`` as stored: a lone traceparent as its value, anything else as JSON."""
+    value = headers.get("traceparent")
+    if len(headers) == 1 and isinstance(value, str) and value and not value.startswith("{"):
+        return value
+    return json.dumps(dict(headers), separators=(",", ":"))
+
+
+def decode_headers(raw: bytes | str | None) -> dict[str, str]:
+    """The inverse of :func:`encode_headers` (empty for a missing field)."""
+    if not raw:
+        return {}
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if text.startswith("{"):
+        value: dict[str, str] = json.loads(text)
+        return value
+    return {"traceparent": text}
+
+
+def _num(x: float) -> str:
+    return f"{x:.6f}"
+
+
+def encode_record(record: TaskRecord, serializer: Serializer | None = None) -> dict[str, bytes]:
+    """Hash fields of ``record`` (fields that are None/empty are left out)."""
+    ser = serializer or _JSON
+    what = f"task {record.name or record.func}"
+    out: dict[str, bytes] = {
+        "id": record.id.encode(),
+        "func": record.func.encode(),
+        "name": record.name.encode(),
+        "status": record.status.value.encode(),
+        "progress": _num(record.progress).encode(),
+        "attempts": str(record.attempts).encode(),
+        "max_attempts": str(record.max_attempts).encode(),
+    }
+    if record.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        out["payload"] = encode_payload(record.args, record.kwargs, ser, task=what)
+    for name in ("timeout", "ttl", "created", "started", "finished"):
+        value = getattr(record, name)
+        if value is not None:
+            out[name] = _num(value).encode()
+    for name in ("worker", "msg"):
+        value = getattr(record, name)
+        if value is not None:
+            out[name] = value.encode()
+    if record.cancel:
+        out["cancel"] = b"1"
+    if record.headers:
+        out["headers"] = encode_headers(record.headers).encode()
+    if record.result is not None:
+        out["result"] = encode_value(record.result, ser, f"the result of {what}")
+    if record.error is not None:
+        out["error"] = encode_value(record.error, _JSON, f"the error of {what}")
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _raw(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def decode_record(
+    fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[Any, Any],
+    serializer: Serializer | None = None,
+) -> TaskRecord:
+    """The record of an HGETALL reply (bytes or str keys/values); KeyError if ``id`` is absent."""
+    ser = serializer or _JSON
+    f: dict[str, bytes] = {_text(k): _raw(v) for k, v in fields.items()}
+
+    def text(name: str) -> str | None:
+        value = f.get(name)
+        return None if value is None else value.decode()
+
+    def num(name: str) -> float | None:
+        value = f.get(name)
+        return None if value is None or value == b"" else float(value)
+
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if "payload" in f:
+        args, kwargs = ser.loads(f["payload"])
+    return TaskRecord(
+        id=f["id"].decode(),
+        func=text("func") or "",
+        name=text("name") or "",
+        args=list(args),
+        kwargs=dict(kwargs),
+        status=TaskStatus(text("status") or "PENDING"),
+        progress=num("progress") or 0.0,
+        attempts=int(f.get("attempts", b"0")),
+        max_attempts=int(f.get("max_attempts", b"1")),
+        timeout=num("timeout"),
+        ttl=num("ttl"),
+        created=num("created"),
+        started=num("started"),
+        finished=num("finished"),
+        worker=text("worker"),
+        msg=text("msg"),
+        cancel=f.get("cancel") == b"1",
+        headers=decode_headers(f.get("headers")),
+        result=ser.loads(f["result"]) if "result" in f else None,
+        error=_JSON.loads(f["error"]) if "error" in f else None,
+    )
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """``{type, message, code, details}`` of an exception, JSON-safe (details fall back to repr)."""
+    code = getattr(exc, "code", None)
+    details: Any = exc.details if isinstance(exc, TaskError) else {}
+    try:
+        json.dumps(details, allow_nan=False)
+    except (TypeError, ValueError):
+        details = {"repr": repr(details)}
+    return {
+        "type": type(exc).__qualname__,
+        "message": str(exc),
+        "code": code if isinstance(code, str) else None,
+        "details": details,
+    }
