@@ -13,16 +13,19 @@ import enum
 import inspect
 import logging
 import math
+import os
+import socket
 import sys
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from observable_tasks._awaitable import Done
 from observable_tasks.config import TaskConfig
 from observable_tasks.current import remember_manager
 from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError
+from observable_tasks.feed import EventHub, TaskEvent, iterate
 from observable_tasks.invocation import check_call
 from observable_tasks.job import _NO_KWARGS, _ended_cancelled, _Job, check_progress, check_timeout
 from observable_tasks.middleware import (
@@ -31,6 +34,7 @@ from observable_tasks.middleware import (
     TaskObserver,
     guard,
 )
+from observable_tasks.query import check_query, count_statuses, matcher, query_memory
 from observable_tasks.scheduler import MemoryScheduler
 from observable_tasks.status import TaskStatus
 from observable_tasks.task import Task, new_task_id
@@ -97,6 +101,7 @@ class TaskManager(MemoryScheduler):
         """
         self._shutdown_hooked = False
         self.config = config if config is not None else TaskConfig()
+        self._hub = EventHub()  # task events for live views (memory backend; Redis has its own)
         # Where tasks live when not in this process (None: here, the memory backend). Imported
         # lazily: the memory backend needs no Redis client.
         self._remote: RedisBackend | None = None
@@ -356,6 +361,8 @@ class TaskManager(MemoryScheduler):
             self._notify("on_submit", task)
         if self._listeners["on_created"]:
             self._notify("on_created", task)
+        if self._hub.subscribers:
+            self._hub.publish("created", task)
         if in_loop:
             if self._running < self.config.max_concurrent_tasks and self._accepting:
                 self._start(job)  # the common case of _admit, inlined: this is the hot path
@@ -433,6 +440,80 @@ class TaskManager(MemoryScheduler):
     def pending_tasks(self) -> list[Task]:
         """Tasks waiting for a slot, first in line first."""
         return [job.task for job in list(self._pending)]
+
+    # -- for consoles: pages, counts, workers, events -------------------------------------------
+
+    async def query_tasks(
+        self,
+        status: TaskStatus | str | None = None,
+        function: str | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Task], str | None]:
+        """One page of tasks, newest first, and the cursor of the next page (``None``: last).
+
+        ``status``: only that status; ``function``: only that function (its qualified name,
+        ``task.function``, exactly); ``search``: a name containing it or an id starting with
+        it, ignoring case. ``cursor`` comes from the previous call; ``limit`` is 1 to 500.
+        Pages cover every task that stays known exactly once, whatever is created meanwhile.
+        Cost is per page, not per known task: the memory backend walks its dict from the newest
+        end, Redis reads the index with ``ZREVRANGEBYSCORE ... LIMIT`` and the records in one
+        pipeline. With filters, Redis looks at most 2,000 index entries per call, so a page may
+        hold fewer than ``limit`` tasks while a next cursor is still returned.
+        ``ValueError`` for an unknown status, a bad limit or a cursor that is not one.
+        """
+        wanted, limit = check_query(status, limit)
+        match = matcher(wanted, function, search)
+        if self._remote is not None:
+            return await self._remote.query_tasks(match, cursor, limit)
+        return query_memory(self._tasks, match, cursor, limit)
+
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        """How many known tasks have each status (every status present, zeros included).
+
+        Memory: a pass over the known tasks; Redis: their statuses read in pipelined chunks.
+        """
+        if self._remote is not None:
+            return await self._remote.count_tasks()
+        return count_statuses([task.status for task in list(self._tasks.values())])
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Processes that execute tasks: ``id``, ``last_seen`` (wall seconds), ``alive``...
+
+        Redis: every worker registered in the queue (alive when seen within a lease; plus
+        ``running`` for this process' own); memory: this process, with ``running``,
+        ``pending`` and ``concurrency``.
+        """
+        if self._remote is not None:
+            return await self._remote.list_workers()
+        return [
+            {
+                "id": f"{socket.gethostname()}-{os.getpid()}",
+                "last_seen": time.time(),
+                "alive": self._accepting,
+                "running": self._running,
+                "pending": len(self._pending),
+                "concurrency": self.config.max_concurrent_tasks,
+            }
+        ]
+
+    def task_events(
+        self, *, last_event_id: str | None = None, maxlen: int = 1000
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """``async for event in manager.task_events(): ...``: tasks created, started, making
+        progress and finished, as :class:`~observable_tasks.feed.TaskEvent` (kind and Task).
+
+        Call on the event loop: the subscription starts at the call. Each subscriber has a
+        queue of ``maxlen`` events; one that lags loses the oldest (``event.dropped`` says how
+        many), tasks never wait for it. Progress events of a task coalesce while queued. On
+        Redis the events come from the queue's events stream (every process' tasks); with
+        ``last_event_id`` (an earlier ``event.id``) the ones after it that the stream still
+        holds are replayed first. Stop iterating (or ``aclose()``) to unsubscribe.
+        """
+        if self._remote is not None:
+            return self._remote.task_events(last_event_id, maxlen)
+        return iterate(self._hub.subscribe(maxlen))
 
     # -- acting on tasks ----------------------------------------------------------------------
 
@@ -520,6 +601,8 @@ class TaskManager(MemoryScheduler):
             return
         job.task.progress = float(progress)
         self._notify("on_progress", job.task, float(progress))
+        if self._hub.subscribers:
+            self._hub.publish("progress", job.task)
 
     def add_callback(self, task: Task | str, callback: TaskCallback) -> None:
         """Call ``callback(task)`` once the task finishes (at once if it already has).

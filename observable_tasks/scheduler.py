@@ -26,6 +26,7 @@ from observable_tasks.task import Task
 
 if TYPE_CHECKING:
     from observable_tasks.config import TaskConfig
+    from observable_tasks.feed import EventHub
     from observable_tasks.manager import TaskCallback, _State
     from observable_tasks.middleware import TaskMiddleware
     from observable_tasks.threads import SyncThreads
@@ -57,6 +58,7 @@ class MemoryScheduler:
     _listeners: dict[str, list[tuple[str, Callable[..., Any]]]]
     _threads: SyncThreads
     _watchdog: LoopWatchdog | None
+    _hub: EventHub
 
     if TYPE_CHECKING:  # provided by TaskManager
 
@@ -126,6 +128,8 @@ class MemoryScheduler:
         task._mono_started = self._clock()
         task.attempts = 1
         self._running += 1
+        if self._hub.subscribers:
+            self._hub.publish("started", task)
         loop = self._loop
         assert loop is not None
         # A fresh context: a task must not inherit whatever the creating request (or the task
@@ -273,6 +277,8 @@ class MemoryScheduler:
         job.func, job.args, job.kwargs = _spent, (), _NO_KWARGS
         job.aio = None
         self._jobs.pop(task.id, None)  # only the Task stays in history, not its execution state
+        if self._hub.subscribers:
+            self._hub.publish("finished", task)
         if job.waiters:
             for waiter in job.waiters:
                 if not waiter.done():

@@ -17,7 +17,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -28,6 +28,8 @@ from redis.retry import Retry
 
 from ..._awaitable import Done
 from ...errors import TaskError, TaskNotFoundError, TaskTimeoutError
+from ...feed import EventHub, Subscription, TaskEvent
+from ...query import Matcher, count_statuses, decode_cursor, encode_cursor
 from ...status import TaskStatus
 from ...task import Task
 from .client import connect, redact
@@ -164,6 +166,9 @@ class RedisBackend:
         self.worker: Worker | None = None
         self._pending_io: set[asyncio.Future[Any]] = set()
         self._starting: asyncio.Future[None] | None = None
+        # The console's live events: one reader of the events stream per process, fanned out.
+        self._hub = EventHub(on_first=self._start_events, on_last=self._stop_events)
+        self._events_reader: asyncio.Task[None] | None = None
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -229,6 +234,7 @@ class RedisBackend:
     async def shutdown(self, timeout: float) -> None:
         """Stop the worker (running tasks finish up to ``timeout``, the rest go back to the
         queue), then disconnect. Pending tasks stay queued: they are the cluster's, not ours."""
+        self._stop_events()
         if self.worker is not None:
             await self.worker.stop(timeout)
             self.worker = None
@@ -524,6 +530,179 @@ class RedisBackend:
             if swept < batch:
                 return total
 
+    # -- for consoles: pages, counts, workers, events -----------------------------------------
+
+    async def query_tasks(
+        self, match: Matcher | None, cursor: str | None, limit: int, scan: int = 2000
+    ) -> tuple[list[Task], str | None]:
+        """A page newest first from the ``idx`` ZSET (see ``TaskManager.query_tasks``)."""
+        after = decode_cursor(cursor) if cursor else None
+        client = await self._client()
+        top: Any = "+inf" if after is None else repr(after[0])  # inclusive: ties are skipped
+        chunk = limit + 1 if match is None else 200
+        out: list[Task] = []
+        last_out: tuple[float, str] | None = None
+        offset = scanned = 0
+        while True:
+            entries: Any = await client.zrevrangebyscore(
+                self.keys.idx, top, "-inf", start=offset, num=chunk, withscores=True
+            )
+            offset += len(entries)
+            ids: list[tuple[str, float]] = []
+            for member, score in entries:
+                task_id = _text(member)
+                if after is not None and score == after[0] and task_id >= after[1]:
+                    continue  # same time as the cursor, already shown (ties: reverse id order)
+                ids.append((task_id, score))
+            async with client.pipeline(transaction=False) as pipe:
+                for task_id, _ in ids:
+                    pipe.hgetall(self.keys.task(task_id))
+                rows = await pipe.execute()
+            for (task_id, score), raw in zip(ids, rows, strict=True):
+                scanned += 1
+                if not raw:
+                    continue  # expired; its index entry is swept later
+                task = self._local(task_id) or self._task_from(raw)
+                if match is None or match(task):
+                    if len(out) == limit:
+                        assert last_out is not None
+                        return out, encode_cursor(*last_out)
+                    out.append(task)
+                    last_out = (score, task_id)
+            if len(entries) < chunk:
+                return out, None
+            if match is not None and scanned >= scan and ids:
+                task_id, score = ids[-1]
+                return out, encode_cursor(score, task_id)  # bounded work: go on from here
+
+    async def count_tasks(self, chunk: int = 2000) -> dict[TaskStatus, int]:
+        """Statuses of every indexed record, read in pipelined chunks."""
+        client = await self._client()
+        ids: Any = await client.zrange(self.keys.idx, 0, -1)
+        statuses: list[TaskStatus] = []
+        for start in range(0, len(ids), chunk):
+            async with client.pipeline(transaction=False) as pipe:
+                for member in ids[start : start + chunk]:
+                    pipe.hget(self.keys.task(_text(member)), "status")
+                values = await pipe.execute()
+            statuses += [TaskStatus(_text(v)) for v in values if v]
+        return count_statuses(statuses)
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Workers of the queue (``workers`` ZSET), most recently seen first."""
+        client = await self._client()
+        rows: Any = await client.zrevrange(self.keys.workers, 0, -1, withscores=True)
+        now = time.time()
+        own = self.worker
+        workers: list[dict[str, Any]] = []
+        for member, score in rows:
+            worker_id = _text(member)
+            entry: dict[str, Any] = {
+                "id": worker_id,
+                "last_seen": float(score),
+                "alive": float(score) >= now - self.lease,
+            }
+            if own is not None and own.id == worker_id:
+                entry["running"] = len(own.running())
+                entry["this_process"] = True
+            workers.append(entry)
+        return workers
+
+    def task_events(
+        self, last_event_id: str | None, maxlen: int
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """Events of every process' tasks, from the events stream (see the manager)."""
+        if last_event_id is not None:
+            _stream_id(last_event_id)  # ValueError now, not at the first iteration
+        return self._events(self._hub.subscribe(maxlen), last_event_id, maxlen)
+
+    async def _events(
+        self, sub: Subscription, last_event_id: str | None, maxlen: int
+    ) -> AsyncGenerator[TaskEvent, None]:
+        try:
+            seen: tuple[int, int] | None = None
+            if last_event_id is not None:
+                seen = _stream_id(last_event_id)
+                client = await self._client()
+                entries: Any = await client.xrange(
+                    self.keys.events, min=f"({last_event_id}", max="+", count=maxlen
+                )
+                for event in await self._resolve(entries):
+                    seen = _stream_id(event.id)
+                    yield event
+            while True:
+                event = await sub.get()
+                if seen is not None and _stream_id(event.id) <= seen:
+                    continue  # already replayed
+                yield event
+        finally:
+            sub.close()
+
+    def _start_events(self) -> None:
+        if self._events_reader is None or self._events_reader.done():
+            loop = asyncio.get_running_loop()
+            self._events_reader = loop.create_task(self._read_events())
+
+    def _stop_events(self) -> None:
+        if self._events_reader is not None:
+            self._events_reader.cancel()
+            self._events_reader = None
+
+    async def _read_events(self) -> None:
+        """One blocking XREAD loop per process while someone listens; reconnects with backoff."""
+        last: str | None = None
+        pause = 0.1
+        while True:
+            try:
+                client = await self._client()
+                if last is None:
+                    newest: Any = await client.xrevrange(self.keys.events, count=1)
+                    last = _text(newest[0][0]) if newest else "0-0"
+                reply: Any = await client.xread({self.keys.events: last}, count=500, block=1000)
+                pause = 0.1
+            except RedisError as exc:
+                logger.debug("observable_tasks: reading task events failed: %s", exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            if not reply:
+                continue
+            entries = reply[0][1]
+            last = _text(entries[-1][0])
+            try:
+                events = await self._resolve(entries)
+            except RedisError:
+                continue
+            for event in events:
+                self._hub.publish(event.kind, event.task, event.id)
+
+    async def _resolve(self, entries: list[Any]) -> list[TaskEvent]:
+        """Events of stream entries with their tasks read now; a task's progress events are
+        dropped when a later event of the same task is in the batch (they show the same)."""
+        latest: dict[str, int] = {}
+        parsed: list[tuple[str, str, str]] = []
+        for entry_id, fields in entries:
+            task_id = _text(fields.get(b"id", b""))
+            parsed.append((_text(entry_id), _text(fields.get(b"event", b"")), task_id))
+            latest[task_id] = len(parsed) - 1
+        kept = [(i, p) for i, p in enumerate(parsed) if p[1] != "progress" or latest[p[2]] == i]
+        unique = list(dict.fromkeys(p[2] for _, p in kept))
+        client = await self._client()
+        async with client.pipeline(transaction=False) as pipe:
+            for task_id in unique:
+                pipe.hgetall(self.keys.task(task_id))
+            rows = await pipe.execute()
+        tasks = {
+            task_id: self._local(task_id) or self._task_from(raw)
+            for task_id, raw in zip(unique, rows, strict=True)
+            if raw
+        }
+        return [
+            TaskEvent(entry_id, kind, tasks[task_id])
+            for _, (entry_id, kind, task_id) in kept
+            if task_id in tasks
+        ]
+
     # -- queue-wide facts (for metrics at scrape time) --------------------------------------
 
     def queue_stats(self) -> dict[str, float]:
@@ -561,6 +740,14 @@ class RedisBackend:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    """``"<ms>-<seq>"`` as a comparable pair; ``ValueError`` for anything else."""
+    ms, sep, seq = value.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        raise ValueError(f"not a stream entry id: {value[:40]!r}")
+    return int(ms), int(seq)
 
 
 def backend_from_env() -> str | None:
