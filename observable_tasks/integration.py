@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
+    from observable_tasks.console import ConsoleOptions
+
 __all__ = [
     "setup_tasks",
     "get_task_manager",
@@ -62,6 +64,7 @@ def setup_tasks(
     execute: bool = True,
     allow: Iterable[str] = (),
     max_task_labels: int = 200,
+    console: bool | ConsoleOptions = False,
 ) -> TaskManager:
     """Give ``app`` a task manager tied to its lifespan, instrumented, and return it.
 
@@ -85,6 +88,10 @@ def setup_tasks(
     web-only process (dedicated workers run the tasks); an executing process runs the functions
     it creates tasks for, those of the package that called ``setup_tasks``, and those of the
     modules in ``allow``: nothing else, whatever a record in Redis names.
+
+    ``console=True`` serves the task console (page, admin API, event stream) at ``/console``;
+    ``console=ConsoleOptions(path=..., basic_auth=..., ...)`` chooses its settings (off by
+    default; see :func:`observable_tasks.console.mount_console`).
     """
     existing = _managers_by_app.get(app)
     if existing is not None:
@@ -123,6 +130,12 @@ def setup_tasks(
         manager.add_middleware(mw)
     for obs in observers:
         manager.add_observer(obs)
+    if console:
+        from observable_tasks.console import ConsoleOptions as _Options
+        from observable_tasks.console import mount_console
+
+        options = console if isinstance(console, _Options) else _Options()
+        mount_console(app, manager, options=options)
     _managers_by_app[app] = manager
     app.state[STATE_KEY] = manager
     remember_manager(manager, as_default=True)

@@ -162,6 +162,10 @@ class RedisBackend:
         self._sync: redis.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._live: weakref.WeakValueDictionary[str, Task] = weakref.WeakValueDictionary()
+        # What a record holds beyond the Task (for consoles): worker, args and kwargs.
+        self._extras: weakref.WeakKeyDictionary[Task, tuple[str | None, Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._listener: Listener | None = None
         self.worker: Worker | None = None
         self._pending_io: set[asyncio.Future[Any]] = set()
@@ -458,7 +462,18 @@ class RedisBackend:
             task.result = record.result
         if record.error is not None and task.error is None:
             task.error = _error_from(record.error, record.timeout)
+        if record.worker is not None or record.args or record.kwargs:
+            self._extras[task] = (record.worker, record.args, record.kwargs)
         return task
+
+    def extras(self, task: Task) -> tuple[str | None, Any, Any]:
+        """``(worker id, args, kwargs)`` of the record last read for ``task`` (args and kwargs
+        only while it is pending or running: a finished record drops them)."""
+        worker, args, kwargs = self._extras.get(task, (None, None, None))
+        own = self.worker
+        if worker is None and own is not None and own.task(task.id) is task:
+            worker = own.id  # running here: the Task is the worker's own, not read back
+        return worker, args, kwargs
 
     # -- acting -------------------------------------------------------------------------------
 
