@@ -1,4 +1,5 @@
-"""``observable-tasks`` command line: ``demo`` serves the demo app; ``worker`` runs Redis tasks."""
+"""``observable-tasks`` command line: ``demo`` serves the demo app; ``worker`` runs Redis tasks;
+``console`` serves the task console alone."""
 
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     from observable_tasks.worker_main import add_worker_parser
 
     add_worker_parser(commands)
+    from observable_tasks.console.serve import add_console_parser
+
+    add_console_parser(commands)
     return parser
 
 
@@ -123,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from observable_tasks.worker_main import run_worker
 
         return run_worker(args)
+    if args.command == "console":
+        from observable_tasks.console.serve import run_console
+
+        return run_console(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -43,6 +43,7 @@ from observable_tasks import (
     setup_tasks,
     update_task_progress,
 )
+from observable_tasks.console import ConsoleOptions
 
 __all__ = ["create_app", "make_data_dir"]
 
@@ -118,6 +119,8 @@ def create_app(
     # Where tasks live: setup_tasks reads OBSERVABLE_TASKS_BACKEND (``--backend``) unless a
     # ``backend=`` is given; DEMO_NO_WORKER=1 (``--no-worker``) makes this a web-only process.
     setup_options.setdefault("execute", not _env_flag("DEMO_NO_WORKER"))
+    # The task console at /console, with trace links to Jaeger (env DEMO_TRACE_URL changes it).
+    setup_options.setdefault("console", _console_options())
     task_manager = setup_tasks(app, config, **setup_options)
     app.state["demo_data_dir"] = str(data)
 
@@ -764,6 +767,19 @@ def make_data_dir() -> str:
     folder = Path(tempfile.mkdtemp(prefix="observable-tasks-demo-"))
     (folder / "sample.txt").write_bytes(b"observable-tasks demo file\n" * 400)  # about 11 KB
     return str(folder)
+
+
+def _console_options() -> ConsoleOptions:
+    """The demo's console: ``/console``, trace links to Jaeger on localhost:16686 (env
+    ``DEMO_TRACE_URL``), HTTP basic auth when ``DEMO_CONSOLE_AUTH=user:password`` is set."""
+    trace_url = os.environ.get("DEMO_TRACE_URL", "http://localhost:16686/trace/{trace_id}")
+    auth = os.environ.get("DEMO_CONSOLE_AUTH", "")
+    user, sep, password = auth.partition(":")
+    return ConsoleOptions(
+        path="/console",
+        trace_url=trace_url or None,
+        basic_auth=(user, password) if sep and user and password else None,
+    )
 
 
 def _build_module_app() -> NexiosApp:
