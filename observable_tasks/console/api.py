@@ -8,6 +8,8 @@ into HTML on the server.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from observable_tasks.manager import TaskManager
 
 __all__ = ["mount_console"]
+
+COUNTS_MAX_AGE = 1.0
+"""Seconds a computed ``/api/counts`` answer is reused (for every viewer)."""
 
 _ALL_METHODS = ["get", "head", "post", "put", "patch", "delete", "options"]
 _COMMON = {
@@ -116,6 +121,10 @@ class _Console:
     def __init__(self, manager: TaskManager, options: ConsoleOptions) -> None:
         self.manager = manager
         self.options = options
+        # Counts are a pass over every known task: shared by every viewer for a moment, and
+        # one computation at a time (concurrent requests wait for it).
+        self._counts: tuple[float, dict[str, Any]] | None = None
+        self._counting: asyncio.Lock | None = None
 
     def guarded(self, handler: Handler, method: str) -> Handler:
         allowed = "GET, HEAD" if method == "GET" else method
@@ -218,9 +227,20 @@ class _Console:
 
     async def counts(self, request: Request, response: Response) -> Any:
         """Tasks per status."""
-        counts = await self.manager.count_tasks()
-        body = {status.value: counts.get(status, 0) for status in TaskStatus}
-        return _json(response, {"counts": body, "total": sum(body.values())})
+        return _json(response, await self._current_counts())
+
+    async def _current_counts(self) -> dict[str, Any]:
+        if self._counting is None:
+            self._counting = asyncio.Lock()
+        async with self._counting:
+            now = time.monotonic()
+            if self._counts is not None and now - self._counts[0] < COUNTS_MAX_AGE:
+                return self._counts[1]
+            counts = await self.manager.count_tasks()
+            body = {status.value: counts.get(status, 0) for status in TaskStatus}
+            answer = {"counts": body, "total": sum(body.values())}
+            self._counts = (time.monotonic(), answer)
+            return answer
 
     async def workers(self, request: Request, response: Response) -> Any:
         """Processes executing tasks."""

@@ -29,7 +29,7 @@ from redis.retry import Retry
 from ..._awaitable import Done
 from ...errors import TaskError, TaskNotFoundError, TaskTimeoutError
 from ...feed import EventHub, Subscription, TaskEvent
-from ...query import Matcher, count_statuses, decode_cursor, encode_cursor
+from ...query import Matcher, decode_cursor, encode_cursor
 from ...status import TaskStatus
 from ...task import Task
 from .client import connect, redact
@@ -590,18 +590,23 @@ class RedisBackend:
                 task_id, score = ids[-1]
                 return out, encode_cursor(score, task_id)  # bounded work: go on from here
 
-    async def count_tasks(self, chunk: int = 2000) -> dict[TaskStatus, int]:
-        """Statuses of every indexed record, read in pipelined chunks."""
+    async def count_tasks(self, chunk: int = 5000) -> dict[TaskStatus, int]:
+        """Statuses of every indexed record, counted inside Redis ``chunk`` entries per call
+        (each call is a short script: Redis is never blocked for the whole index)."""
         client = await self._client()
-        ids: Any = await client.zrange(self.keys.idx, 0, -1)
-        statuses: list[TaskStatus] = []
-        for start in range(0, len(ids), chunk):
-            async with client.pipeline(transaction=False) as pipe:
-                for member in ids[start : start + chunk]:
-                    pipe.hget(self.keys.task(_text(member)), "status")
-                values = await pipe.execute()
-            statuses += [TaskStatus(_text(v)) for v in values if v]
-        return count_statuses(statuses)
+        counts = dict.fromkeys(TaskStatus, 0)
+        script = client.register_script(_COUNT_LUA)
+        start = 0
+        while True:
+            reply: Any = await script(
+                keys=[self.keys.idx], args=[self.keys.base, start, start + chunk - 1]
+            )
+            seen = int(reply[0])
+            for status, n in zip(_COUNTED, reply[1:], strict=True):
+                counts[status] += int(n)
+            if seen < chunk:
+                return counts
+            start += chunk
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """Workers of the queue (``workers`` ZSET), most recently seen first."""
@@ -755,6 +760,26 @@ class RedisBackend:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+_COUNTED = tuple(TaskStatus)
+_COUNT_LUA = (
+    "local order = {" + ", ".join(f"'{status.value}'" for status in _COUNTED) + "}\n"
+    """
+local P = ARGV[1]
+local ids = redis.call('ZRANGE', KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+local n = {}
+for _, s in ipairs(order) do n[s] = 0 end
+for _, id in ipairs(ids) do
+  local s = redis.call('HGET', P .. 't:' .. id, 'status')
+  if s and n[s] then n[s] = n[s] + 1 end
+end
+local out = {#ids}
+for _, s in ipairs(order) do out[#out + 1] = n[s] end
+return out
+"""
+)
+"""Counts the statuses of a range of the ``idx`` ZSET: ``{how many ids, n per status...}``."""
 
 
 def _stream_id(value: str) -> tuple[int, int]:

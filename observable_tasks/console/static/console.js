@@ -214,7 +214,7 @@
 
   let countsTimer = null;
   function countsSoon() {
-    if (countsTimer === null) countsTimer = setTimeout(() => { countsTimer = null; loadCounts(); }, 1000);
+    if (countsTimer === null) countsTimer = setTimeout(() => { countsTimer = null; loadCounts(); }, 2000);
   }
 
   function connect() {
