@@ -198,6 +198,8 @@ def _demo(args: argparse.Namespace) -> int:
             workers=args.workers,
             log_level=args.log_level,
             log_config=None,  # logging is ours (capture_stdlib_logging), in each worker too
+            # Open console pages (event streams) must not hold up Ctrl+C for long.
+            timeout_graceful_shutdown=5,
         )
     finally:
         for folder in made:

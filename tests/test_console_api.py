@@ -265,7 +265,7 @@ def test_stream_delivers_a_new_tasks_events_and_progress(serve: Callable[..., Li
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
         lines = stream.iter_lines()
-        assert next(lines) == "retry: 2000"  # the stream is open: events from now on
+        assert next(lines) == "retry: 500"  # the stream is open: events from now on
         (task_id,) = client.post("/make", json={"kind": "gate", "gate": gate}).json()["ids"]
         got: list[tuple[str, str, float]] = []
         for kind, view in _events(lines):
@@ -288,7 +288,7 @@ def test_stream_sends_keepalive_comments(serve: Callable[..., LiveServer]) -> No
         client.stream("GET", "/console/api/events") as stream,
     ):
         lines = stream.iter_lines()
-        assert next(lines) == "retry: 2000"
+        assert next(lines) == "retry: 500"
         assert next(line for line in lines if line) == ": keepalive"
 
 
@@ -386,3 +386,38 @@ def test_works_under_a_root_path() -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def test_a_stream_ends_after_its_max_age(serve: Callable[..., LiveServer]) -> None:
+    server = serve(keepalive=0.1, stream_max_age=0.5)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with client.stream("GET", "/console/api/events") as stream:
+            lines = list(stream.iter_lines())  # ends by itself: a shutdown is never held up
+        assert lines[0] == "retry: 500"
+        assert ": keepalive" in lines
+
+
+def test_redis_stream_resumes_from_last_event_id(
+    redis_url: str, live_server: Callable[[Any], LiveServer]
+) -> None:
+    from observable_tasks.backends.redis import RedisBackend
+
+    backend = RedisBackend(redis_url, queue=secrets.token_hex(4), lease=2.0)
+    server = live_server(make_app(backend))
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with client.stream("GET", "/console/api/events") as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == "retry: 500"
+            (task_id,) = client.post("/make", json={"n": 1}).json()["ids"]  # waits for the end
+            last_id = next(line[4:] for line in lines if line.startswith("id: "))
+        headers = {"Last-Event-ID": last_id}
+        kinds = []
+        with client.stream("GET", "/console/api/events", headers=headers) as stream:
+            for kind, view in _events(stream.iter_lines()):
+                if kind == "task" and view["id"] == task_id:
+                    kinds.append(view["event"])
+                    if view["event"] == "finished":
+                        break
+        assert kinds == ["started", "finished"]  # what came after the first (created)
+        bad = client.get("/console/api/events", headers={"Last-Event-ID": "nope"})
+        assert bad.status_code == 400

@@ -156,6 +156,7 @@ class _Console:
             token,
             read_only=self.options.read_only,
             has_trace=self.options.trace_url is not None,
+            replays=self.manager.backend is not None,
         )
         headers = {
             **_COMMON,

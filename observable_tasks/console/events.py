@@ -54,13 +54,16 @@ async def _chunks(
     queue: asyncio.Queue[TaskEvent],
     pumping: asyncio.Task[None],
 ) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.stream_max_age
     try:
-        yield "retry: 2000\n\n"
+        yield "retry: 500\n\n"
         while True:
-            if pumping.done():
-                return  # the source ended (or failed): the browser reconnects
+            left = deadline - loop.time()
+            if pumping.done() or left <= 0:
+                return  # the source ended, or the stream is old: the browser reconnects
             try:
-                event = await asyncio.wait_for(queue.get(), options.keepalive)
+                event = await asyncio.wait_for(queue.get(), min(options.keepalive, left))
             except asyncio.TimeoutError:
                 yield ": keepalive\n\n"
                 continue

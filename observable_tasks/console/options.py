@@ -23,7 +23,9 @@ class ConsoleOptions:
     task arguments and results (they may hold secrets; off by default). ``trace_url``: a link
     template per task, ``{trace_id}`` replaced (``http://localhost:16686/trace/{trace_id}``).
     ``in_schema``: list the API in the app's OpenAPI document. ``keepalive``: seconds between
-    keep-alive comments on an idle event stream.
+    keep-alive comments on an idle event stream. ``stream_max_age``: seconds after which an
+    event stream ends (the browser reconnects at once; on Redis it resumes from its
+    ``Last-Event-ID``), so that open pages never hold up a server's graceful shutdown longer.
     """
 
     path: str = "/console"
@@ -34,6 +36,7 @@ class ConsoleOptions:
     trace_url: str | None = None
     in_schema: bool = False
     keepalive: float = 15.0
+    stream_max_age: float = 30.0
 
     def __post_init__(self) -> None:
         path = self.path
@@ -58,6 +61,8 @@ class ConsoleOptions:
             raise ValueError(f"trace_url must contain '{{trace_id}}': {self.trace_url!r}")
         if not self.keepalive > 0:
             raise ValueError(f"keepalive must be > 0 seconds, got {self.keepalive!r}")
+        if not self.stream_max_age > 0:
+            raise ValueError(f"stream_max_age must be > 0 seconds, got {self.stream_max_age!r}")
 
     @property
     def base(self) -> str:

@@ -30,13 +30,16 @@ def asset(name: str) -> str:
     )
 
 
-def render_page(base: str, token: str, *, read_only: bool, has_trace: bool) -> str:
+def render_page(
+    base: str, token: str, *, read_only: bool, has_trace: bool, replays: bool = False
+) -> str:
     """The HTML with its settings in ``<meta>`` tags (attribute-escaped)."""
     settings = {
         "console-base": base,
         "console-token": token,
         "console-read-only": "1" if read_only else "0",
         "console-trace": "1" if has_trace else "0",
+        "console-replays": "1" if replays else "0",
     }
     metas = "\n".join(
         f'<meta name="{name}" content="{html.escape(value, quote=True)}">'

@@ -129,5 +129,7 @@ def run_console(args: argparse.Namespace) -> int:
         f"http://{args.host}:{args.port}{args.path}/",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+    )
     return 0

@@ -6,6 +6,7 @@
   const BASE = meta("console-base");
   const TOKEN = meta("console-token");
   const READ_ONLY = meta("console-read-only") === "1";
+  const REPLAYS = meta("console-replays") === "1"; // Redis: a reconnect resumes (Last-Event-ID)
   const STATUSES = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"];
   const ACTIVE = new Set(["PENDING", "RUNNING"]);
   const LIMIT = 50;
@@ -222,7 +223,7 @@
     let opened = false;
     source.addEventListener("open", () => {
       $("live").textContent = "live";
-      if (opened) { loadPage(); loadCounts(); } // back after a break: catch up
+      if (opened && !REPLAYS) { loadPage(); countsSoon(); } // back after a gap: catch up
       opened = true;
     });
     source.addEventListener("error", () => { $("live").textContent = "reconnecting…"; });
