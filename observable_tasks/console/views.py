@@ -32,7 +32,10 @@ def trace_id_of(task: Task) -> str | None:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    # Milliseconds: every browser's Date parses three fractional digits.
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -54,6 +54,7 @@
   function fill(tr, task) {
     tr.dataset.taskId = task.id;
     tr.dataset.status = task.status;
+    tr.dataset.created = task.created_at;
     tr.replaceChildren();
     const name = el("td", null, "name");
     name.append(el("span", task.name), el("br"), el("small", task.id));
@@ -123,14 +124,21 @@
     return true;
   }
 
-  function upsert(task, isNew) {
+  function isNewer(task) {
+    // Newer than every row shown: it belongs at the top (its "created" event may have been
+    // missed while the stream reconnected).
+    const first = $("rows").firstElementChild;
+    return !first || task.created_at >= first.dataset.created;
+  }
+
+  function upsert(task, mayInsert) {
     let tr = rows.get(task.id);
     if (tr) {
       fill(tr, task);
       return;
     }
     // New tasks appear on the first page only (later pages are a fixed window of the past).
-    if (!isNew || state.cursors.length > 1 || !matches(task)) return;
+    if (!mayInsert || !isNewer(task) || state.cursors.length > 1 || !matches(task)) return;
     tr = el("tr");
     fill(tr, task);
     rows.set(task.id, tr);
@@ -229,7 +237,7 @@
     source.addEventListener("error", () => { $("live").textContent = "reconnecting…"; });
     source.addEventListener("task", (message) => {
       const task = JSON.parse(message.data);
-      upsert(task, task.event === "created");
+      upsert(task, true);
       if (task.event !== "progress") countsSoon();
     });
     source.addEventListener("resync", () => { loadPage(); countsSoon(); });
