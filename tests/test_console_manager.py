@@ -224,3 +224,27 @@ async def test_redis_replays_after_last_event_id(make: Callable[..., TaskManager
     assert kinds == ["started", "finished"]
     with pytest.raises(ValueError, match="stream entry id"):
         manager.task_events(last_event_id="nope")
+
+
+async def test_redis_filtered_pages_do_bounded_work(make: Callable[..., TaskManager]) -> None:
+    manager = make()
+    await manager.start()
+    backend = manager.backend
+    if backend is None:
+        pytest.skip("the scan budget is the Redis backend's")
+    ids = await _finished(manager, 7, prefix="x")
+    from observable_tasks.query import matcher
+
+    match = matcher(None, None, "x-1")
+    assert match is not None
+    found: list[str] = []
+    cursor = None
+    calls = 0
+    while True:
+        page, cursor = await backend.query_tasks(match, cursor, 5, scan=2)
+        found += [t.id for t in page]
+        calls += 1
+        if cursor is None:
+            break
+    assert found == [ids[1]]
+    assert calls > 1  # each call looked at a bounded part of the index

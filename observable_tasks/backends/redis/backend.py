@@ -554,7 +554,7 @@ class RedisBackend:
         after = decode_cursor(cursor) if cursor else None
         client = await self._client()
         top: Any = "+inf" if after is None else repr(after[0])  # inclusive: ties are skipped
-        chunk = limit + 1 if match is None else 200
+        chunk = limit + 1 if match is None else max(1, min(200, scan))
         out: list[Task] = []
         last_out: tuple[float, str] | None = None
         offset = scanned = 0
@@ -569,6 +569,11 @@ class RedisBackend:
                 if after is not None and score == after[0] and task_id >= after[1]:
                     continue  # same time as the cursor, already shown (ties: reverse id order)
                 ids.append((task_id, score))
+            last_looked = ids[-1] if ids else None
+            if match is not None and ids:
+                looked = len(ids)
+                ids = await self._prefilter(client, ids, match)
+                scanned += looked - len(ids)  # the rest are counted below
             async with client.pipeline(transaction=False) as pipe:
                 for task_id, _ in ids:
                     pipe.hgetall(self.keys.task(task_id))
@@ -586,9 +591,29 @@ class RedisBackend:
                     last_out = (score, task_id)
             if len(entries) < chunk:
                 return out, None
-            if match is not None and scanned >= scan and ids:
-                task_id, score = ids[-1]
+            if match is not None and scanned >= scan and last_looked is not None:
+                task_id, score = last_looked
                 return out, encode_cursor(score, task_id)  # bounded work: go on from here
+
+    async def _prefilter(
+        self, client: aioredis.Redis, ids: list[tuple[str, float]], match: Matcher
+    ) -> list[tuple[str, float]]:
+        """The entries whose name, function and status match (three fields read per record,
+        not the whole record): only those are read in full."""
+        async with client.pipeline(transaction=False) as pipe:
+            for task_id, _ in ids:
+                pipe.hmget(self.keys.task(task_id), ["name", "label", "status", "func"])
+            rows = await pipe.execute()
+        kept = []
+        for (task_id, score), (name, label, status, func) in zip(ids, rows, strict=True):
+            if status is None:
+                continue  # expired
+            function = _text(label) if label else _text(func or b"").replace(":", ".")
+            probe = Task(task_id, _text(name or b""), function)
+            probe.status = TaskStatus(_text(status))
+            if match(probe):
+                kept.append((task_id, score))
+        return kept
 
     async def count_tasks(self, chunk: int = 5000) -> dict[TaskStatus, int]:
         """Statuses of every indexed record, counted inside Redis ``chunk`` entries per call
