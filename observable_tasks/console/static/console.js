@@ -152,14 +152,24 @@
   }
 
   async function loadPage() {
-    const params = new URLSearchParams({ limit: String(LIMIT) });
-    for (const [key, value] of Object.entries(state.filters)) if (value) params.set(key, value);
-    const cursor = state.cursors[state.cursors.length - 1];
-    if (cursor) params.set("cursor", cursor);
+    const base = new URLSearchParams();
+    for (const [key, value] of Object.entries(state.filters)) if (value) base.set(key, value);
+    let cursor = state.cursors[state.cursors.length - 1];
     try {
-      const body = await api(`/api/tasks?${params}`);
+      // A filtered page on Redis looks at a bounded part of the history per call: fetch on
+      // (a few calls at most) until the page is full or the history ends.
+      const tasks = [];
+      for (let hop = 0; hop < 10; hop++) {
+        const params = new URLSearchParams(base);
+        params.set("limit", String(LIMIT - tasks.length));
+        if (cursor) params.set("cursor", cursor);
+        const body = await api(`/api/tasks?${params}`);
+        tasks.push(...body.tasks);
+        cursor = body.next_cursor;
+        if (!cursor || tasks.length >= LIMIT) break;
+      }
       rows.clear();
-      const fresh = body.tasks.map((task) => {
+      const fresh = tasks.map((task) => {
         const tr = el("tr");
         fill(tr, task);
         rows.set(task.id, tr);
@@ -167,7 +177,7 @@
       });
       $("rows").replaceChildren(...fresh);
       $("empty").hidden = fresh.length > 0;
-      state.next = body.next_cursor;
+      state.next = cursor;
       $("older").disabled = !state.next;
       $("newest").disabled = state.cursors.length <= 1;
       showError("");
