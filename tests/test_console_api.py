@@ -300,11 +300,17 @@ def test_payloads_are_hidden_unless_enabled(serve: Callable[..., LiveServer]) ->
         assert "result" not in view
         assert "args" not in view
         assert "kwargs" not in view
+        (sleeping,) = client.post("/make", json={"kind": "sleep"}).json()["ids"]
+        assert "args" not in client.get(f"/console/api/tasks/{sleeping}").json()
     shown = serve(show_payloads=True)
     with httpx.Client(base_url=shown.url, timeout=10) as client:
         (task_id,) = client.post("/make", json={"n": 1}).json()["ids"]
         view = client.get(f"/console/api/tasks/{task_id}").json()
         assert view["result"] == 0
+        (sleeping,) = client.post("/make", json={"kind": "sleep"}).json()["ids"]
+        view = client.get(f"/console/api/tasks/{sleeping}").json()
+        assert view["args"] == [30]  # while it is pending or running
+        assert view["result"] is None
 
 
 def test_a_task_named_like_html_comes_back_as_json_text(serve: Callable[..., LiveServer]) -> None:

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hmac
 import inspect
+import logging
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,8 @@ from urllib.parse import urlsplit
 from .options import ConsoleOptions
 
 __all__ = ["COOKIE", "TOKEN_HEADER", "authorized", "new_token", "same_origin", "token_ok"]
+
+logger = logging.getLogger("observable_tasks")
 
 TOKEN_HEADER = "x-console-token"
 COOKIE = "ot_console"
@@ -59,7 +62,8 @@ async def authorized(request: Any, options: ConsoleOptions) -> tuple[int, dict[s
             allowed = options.auth(request)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
-        except Exception:
+        except Exception as exc:
+            logger.warning("observable_tasks: the console's auth hook raised %r", exc)
             return 401, {}  # a hook that raises lets nobody in
         if allowed is not True:
             return 401, {}

@@ -471,8 +471,10 @@ class RedisBackend:
         only while it is pending or running: a finished record drops them)."""
         worker, args, kwargs = self._extras.get(task, (None, None, None))
         own = self.worker
-        if worker is None and own is not None and own.task(task.id) is task:
-            worker = own.id  # running here: the Task is the worker's own, not read back
+        job = own._jobs.get(task.id) if own is not None else None
+        if job is not None and job.task is task and own is not None:
+            # Running here: the Task is the worker's own, not read back from Redis.
+            return own.id, list(job.args), dict(job.kwargs)
         return worker, args, kwargs
 
     # -- acting -------------------------------------------------------------------------------
