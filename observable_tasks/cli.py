@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     from observable_tasks.console.serve import add_console_parser
 
     add_console_parser(commands)
+    from observable_tasks.console.top import add_top_parser
+
+    add_top_parser(commands)
     return parser
 
 
@@ -131,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from observable_tasks.console.serve import run_console
 
         return run_console(args)
+    if args.command == "top":
+        from observable_tasks.console.top import run_top
+
+        return run_top(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
