@@ -321,11 +321,21 @@ def update_task_progress(task_id: str, progress: float) -> Done[None]:
     for NaN or values outside 0-100, :class:`~observable_tasks.TaskNotFoundError` (a
     ``LookupError``) for an unknown id.
     """
+    unreachable: ConnectionError | None = None
+    answered = False
     for manager in _candidate_managers():
-        if manager.get_task(task_id) is not None:
+        try:
+            found = manager.get_task(task_id)
+        except ConnectionError as exc:  # a manager whose Redis is down: look on
+            unreachable = exc
+            continue
+        answered = True
+        if found is not None:
             manager.update_progress(task_id, progress)
             return Done(None)
     check_progress(progress)  # a bad value is reported as such even for an unknown id
+    if unreachable is not None and not answered:
+        raise unreachable  # no manager could look: say why
     raise TaskNotFoundError(task_id)
 
 
