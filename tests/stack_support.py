@@ -223,7 +223,7 @@ class PrometheusServer:
     """A real Prometheus (Debian's binary) on a loopback port, with a temporary config and TSDB.
 
     It scrapes ``targets`` (job :data:`JOB`) every second and evaluates the repo's rule files
-    every second.
+    every second; exemplar storage is on (as in docker-compose.yml).
     """
 
     def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path]) -> None:
@@ -253,6 +253,8 @@ class PrometheusServer:
                 f"--storage.tsdb.path={workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                # As in docker-compose.yml: keep the exemplars of OpenMetrics scrapes.
+                "--enable-feature=exemplar-storage",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -304,6 +306,13 @@ class PrometheusServer:
     def scalar(self, expr: str, at: float | None = None) -> float | None:
         result = self.query(expr, at)
         return float(result[0]["value"][1]) if result else None
+
+    def exemplars(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        """``/api/v1/query_exemplars``: ``[{"seriesLabels": ..., "exemplars": [...]}]``."""
+        result: list[dict[str, Any]] = self._api(
+            "query_exemplars", query=expr, start=f"{start:.3f}", end=f"{end:.3f}"
+        )
+        return result
 
     def rules(self) -> list[dict[str, Any]]:
         return [rule for group in self._api("rules")["groups"] for rule in group["rules"]]

@@ -71,7 +71,10 @@ def current_exemplar() -> dict[str, str] | None:
     ctx = trace.get_current_span().get_span_context()
     if not ctx.trace_flags & 1:  # unsampled, or no span at all (INVALID_SPAN has flags 0)
         return None
-    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+    return {
+        "trace_id": ctx.trace_id.to_bytes(16, "big").hex(),
+        "span_id": ctx.span_id.to_bytes(8, "big").hex(),
+    }
 
 
 def multiprocess_dir() -> str | None:
