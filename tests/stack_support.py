@@ -122,7 +122,8 @@ class DemoProcess:
 
     ``max_concurrent_tasks`` given: ``create_app(TaskConfig(max_concurrent_tasks=...))`` (the CLI
     has no such knob); otherwise the shipped command, ``observable-tasks demo`` (``workers`` > 1
-    turns on Prometheus multiprocess mode, with its folder under ``workdir``).
+    turns on Prometheus multiprocess mode, with its folder under ``workdir``). ``extra_env`` is
+    added to the environment (which has no ``OTEL_*`` variable but ``OTEL_TRACES_EXPORTER=none``).
     """
 
     def __init__(
@@ -132,12 +133,14 @@ class DemoProcess:
         max_concurrent_tasks: int | None = None,
         workers: int = 1,
         time_scale: float = 0.01,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         env = _clean_env(DEMO_TIME_SCALE=str(time_scale), DEMO_DATA_DIR=str(workdir / "data"))
+        env.update(extra_env or {})  # e.g. OTEL_* of a loopback OTLP receiver
         if max_concurrent_tasks is not None:
             argv = [sys.executable, "-c", _DEMO_SCRIPT, str(max_concurrent_tasks), str(self.port)]
         else:
