@@ -38,6 +38,7 @@ from observable_tasks.telemetry.exemplars import (
     bucket_layout,
     exemplar_file,
     mark_process_dead,
+    process_store,
     read_exemplars,
 )
 
@@ -299,6 +300,29 @@ def test_store_flushes_in_the_background_only_when_changed(tmp_path: Path) -> No
     _record(store, 2.0, "0" * 32)  # a closed store writes nothing any more
     time.sleep(0.2)
     assert not path.exists()
+
+
+def test_the_scraped_process_adds_what_it_has_not_flushed_yet(tmp_path: Path) -> None:
+    pid = _fake_process(tmp_path, 0.2)
+    own = process_store(str(tmp_path))  # this process's store, flushed every 0.5 s
+    try:
+        older = ExemplarStore(str(tmp_path), pid=pid)
+        _record(older, 0.2, "a" * 32)
+        older.flush()
+        time.sleep(0.01)
+        _record(own, 0.24, "b" * 32)  # newer, same bucket, still in memory only
+        assert _bucket_exemplars(_scrape(tmp_path)) == {"0.25": "b" * 32}
+        # Marked dead (a clean shutdown does it): its exemplars and file are gone ...
+        mark_process_dead(os.getpid(), str(tmp_path))
+        assert not Path(own.file).exists()
+        assert _bucket_exemplars(_scrape(tmp_path)) == {"0.25": "a" * 32}
+        # ... and a manager started again in this process records afresh.
+        _record(own, 0.23, "c" * 32)
+        assert _bucket_exemplars(_scrape(tmp_path)) == {"0.25": "c" * 32}
+    finally:
+        own.close()
+        mark_process_dead(os.getpid(), str(tmp_path))
+    assert not Path(own.file).exists()
 
 
 def test_unreadable_or_foreign_files_are_ignored(tmp_path: Path) -> None:

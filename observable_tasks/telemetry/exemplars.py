@@ -107,6 +107,10 @@ class ExemplarStore:
         self._lock = threading.Lock()  # serialises file writes (flusher vs. flush()/close())
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def file(self) -> str:
         return exemplar_file(self.path, self.pid)
 
@@ -121,6 +125,8 @@ class ExemplarStore:
     ) -> None:
         """Keep ``exemplar`` for the bucket ``value`` falls in (``bounds`` ascending, ``+Inf``
         last; ``les`` the same bounds as exposed)."""
+        if self._closed:
+            return
         le = les[bisect.bisect_left(bounds, value)]
         self._latest[(bucket_name, labels, le)] = (
             exemplar["trace_id"],
@@ -169,6 +175,15 @@ class ExemplarStore:
                     os.remove(tmp)
                 self._dirty.set()  # try again at the next change
 
+    def clear(self) -> None:
+        """Forget every exemplar and remove the file (this process was marked dead). Later
+        records start a new file: a process that goes on observing is not dead after all."""
+        with self._lock:
+            self._latest.clear()
+            self._dirty.clear()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.file)
+
     def close(self, *, remove: bool = True) -> None:
         """Stop writing; remove the file (the process is going away)."""
         with self._lock:
@@ -212,7 +227,7 @@ def mark_process_dead(pid: int, path: str | None = None) -> None:
     _prometheus_mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
     store = _STORE
     if store is not None and store.pid == pid and store.path == path:
-        store.close()
+        store.clear()
     with contextlib.suppress(FileNotFoundError):
         os.remove(exemplar_file(path, pid))
 
@@ -258,10 +273,23 @@ class MultiProcessExemplarCollector(Collector):
 
     def collect(self) -> Iterable[Any]:
         exemplars = read_exemplars(self.path)
+        _merge_own(exemplars, self.path)
         for metric in self._inner.collect():  # type: ignore[no-untyped-call]
             if exemplars and metric.type == "histogram":
                 metric.samples = [_attach(sample, exemplars) for sample in metric.samples]
             yield metric
+
+
+def _merge_own(exemplars: dict[BucketKey, Exemplar], path: str) -> None:
+    """Add this process's exemplars not flushed yet (the scrape may be answered by their
+    process)."""
+    store = _STORE
+    if store is None or store.path != path or store.pid != os.getpid() or store.closed:
+        return
+    for key, (trace_id, span_id, value, ts) in store.snapshot().items():
+        current = exemplars.get(key)
+        if current is None or ts > float(current.timestamp or 0):
+            exemplars[key] = Exemplar({"trace_id": trace_id, "span_id": span_id}, value, ts)
 
 
 def _attach(sample: Sample, exemplars: dict[BucketKey, Exemplar]) -> Sample:
