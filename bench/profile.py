@@ -96,9 +96,13 @@ def profile_variant(key: str, settings: Any, out_dir: Path | None) -> int:
         if telemetry is not None:
             calib = Ours(telemetry)
             counts = await calibrate(lambda: calib.make_manager(1000), telemetry)
-        variants = make_variants(
-            lambda: telemetry,
-            lambda: SdkFloor(counts, telemetry.processors if telemetry else None),
+        variants = make_variants(  # both factories take ``noop`` (as in bench.run)
+            lambda noop: (
+                (Telemetry(noop=True) if telemetry is not None else None) if noop else telemetry
+            ),
+            lambda noop: (
+                SdkFloor(counts, telemetry.processors, noop=noop) if telemetry is not None else None
+            ),
         )
         chosen = [v for v in variants if v.key == key]
         if not chosen:

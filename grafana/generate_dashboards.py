@@ -120,11 +120,18 @@ def _target(
     return target
 
 
-def _targets(*specs: tuple[str, str] | str, instant: bool = False, fmt: str = "") -> list[Any]:
+def _targets(
+    *specs: tuple[str, str] | str, instant: bool = False, fmt: str = "", exemplars: bool = False
+) -> list[Any]:
+    """Targets A, B, ... of one panel. ``exemplars``: the first target also fetches the
+    exemplars of its histogram (trace ids, shown as points linking to Jaeger); only the first,
+    since every quantile of one histogram would fetch the same exemplars again."""
     out = []
     for i, spec in enumerate(specs):
         expr, legend = (spec, "__auto") if isinstance(spec, str) else spec
         out.append(_target(expr, legend, chr(ord("A") + i), instant=instant, fmt=fmt))
+    if exemplars and out:
+        out[0]["exemplar"] = True
     return out
 
 
@@ -567,7 +574,8 @@ def overview() -> dict[str, Any]:
                     "histogram_quantile(0.95, sum by (task, le) "
                     f"(rate({WAIT_BUCKET}{sel}[{RATE}])))",
                     "{{task}}",
-                )
+                ),
+                exemplars=True,
             ),
             unit="s",
             description="95th percentile of time from creation to start (queue wait).",
@@ -668,7 +676,7 @@ def overview() -> dict[str, Any]:
         _timeseries(
             "Duration p50 / p95 / p99",
             (0, 40, 12, 8),
-            _targets(*_quantiles(f"{DURATION_BUCKET}{sel}")),
+            _targets(*_quantiles(f"{DURATION_BUCKET}{sel}"), exemplars=True),
             unit="s",
             description="Execution time of started tasks, all outcomes (waiting excluded).",
         )
@@ -682,7 +690,8 @@ def overview() -> dict[str, Any]:
                     "histogram_quantile(0.95, sum by (task, le) "
                     f"(rate({DURATION_BUCKET}{sel}[{RATE}])))",
                     "{{task}}",
-                )
+                ),
+                exemplars=True,
             ),
             unit="s",
             description="Click a series for its traces in Jaeger.",
@@ -996,7 +1005,7 @@ def task_drilldown() -> dict[str, Any]:
         _timeseries(
             "Duration p50 / p95 / p99",
             (0, 22, 12, 8),
-            _targets(*_quantiles(f"{DURATION_BUCKET}{sel}")),
+            _targets(*_quantiles(f"{DURATION_BUCKET}{sel}"), exemplars=True),
             unit="s",
             links=[traces],
         )
@@ -1010,7 +1019,8 @@ def task_drilldown() -> dict[str, Any]:
                     "histogram_quantile(0.95, sum by (status, le) "
                     f"(rate({DURATION_BUCKET}{sel}[{RATE}])))",
                     "{{status}}",
-                )
+                ),
+                exemplars=True,
             ),
             unit="s",
             links=[traces],
@@ -1039,7 +1049,7 @@ def task_drilldown() -> dict[str, Any]:
         _timeseries(
             "Wait for a slot p50 / p95 / p99",
             (12, 30, 12, 8),
-            _targets(*_quantiles(f"{WAIT_BUCKET}{sel}")),
+            _targets(*_quantiles(f"{WAIT_BUCKET}{sel}"), exemplars=True),
             unit="s",
         )
     )

@@ -265,8 +265,12 @@ class TaskManager(MemoryScheduler):
         ``name`` is the display name (default: the function's name); ``timeout`` overrides
         ``config.default_timeout``. Other arguments go to ``func``. Raises ``TypeError`` for a
         non-callable, a coroutine object or arguments that do not fit ``func``, ``ValueError``
-        for a bad timeout, and :class:`TaskManagerClosedError` during shutdown.
+        for a bad timeout, and :class:`TaskManagerClosedError` during shutdown. On Redis the
+        record is written in the background (a failure is logged); ``await create_task`` to
+        learn of it.
         """
+        if self._remote is not None:
+            return self._submit_remote(func, args, kwargs, name, timeout).value
         return self._submit(func, args, kwargs, name, timeout)
 
     def create_task(
@@ -377,7 +381,12 @@ class TaskManager(MemoryScheduler):
 
     @property
     def tasks(self) -> Mapping[str, Task]:
-        """Every known task by id (read-only; nexios-contrib exposes ``manager.tasks`` too)."""
+        """Every known task by id (read-only; nexios-contrib exposes ``manager.tasks`` too).
+
+        On Redis: a snapshot read from Redis (blocking briefly), as :meth:`list_tasks`.
+        """
+        if self._remote is not None:
+            return types.MappingProxyType({t.id: t for t in self._remote.list_tasks(None)})
         return types.MappingProxyType(self._tasks)
 
     def get_task(self, task_id: str) -> Task | None:
@@ -417,12 +426,15 @@ class TaskManager(MemoryScheduler):
 
     @property
     def running_count(self) -> int:
-        """Tasks executing now."""
+        """Tasks executing now (in this process)."""
+        if self._remote is not None:
+            return len(self.running_tasks())
         return self._running
 
     @property
     def pending_count(self) -> int:
-        """Tasks waiting for a slot."""
+        """Tasks waiting for a slot in this process (on Redis they wait in the queue: see the
+        ``queue_pending`` gauge)."""
         return len(self._pending)
 
     @property

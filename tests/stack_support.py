@@ -122,7 +122,8 @@ class DemoProcess:
 
     ``max_concurrent_tasks`` given: ``create_app(TaskConfig(max_concurrent_tasks=...))`` (the CLI
     has no such knob); otherwise the shipped command, ``observable-tasks demo`` (``workers`` > 1
-    turns on Prometheus multiprocess mode, with its folder under ``workdir``).
+    turns on Prometheus multiprocess mode, with its folder under ``workdir``). ``extra_env`` is
+    added to the environment (which has no ``OTEL_*`` variable but ``OTEL_TRACES_EXPORTER=none``).
     """
 
     def __init__(
@@ -132,12 +133,14 @@ class DemoProcess:
         max_concurrent_tasks: int | None = None,
         workers: int = 1,
         time_scale: float = 0.01,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         env = _clean_env(DEMO_TIME_SCALE=str(time_scale), DEMO_DATA_DIR=str(workdir / "data"))
+        env.update(extra_env or {})  # e.g. OTEL_* of a loopback OTLP receiver
         if max_concurrent_tasks is not None:
             argv = [sys.executable, "-c", _DEMO_SCRIPT, str(max_concurrent_tasks), str(self.port)]
         else:
@@ -223,7 +226,7 @@ class PrometheusServer:
     """A real Prometheus (Debian's binary) on a loopback port, with a temporary config and TSDB.
 
     It scrapes ``targets`` (job :data:`JOB`) every second and evaluates the repo's rule files
-    every second.
+    every second; exemplar storage is on (as in docker-compose.yml).
     """
 
     def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path]) -> None:
@@ -253,6 +256,8 @@ class PrometheusServer:
                 f"--storage.tsdb.path={workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                # As in docker-compose.yml: keep the exemplars of OpenMetrics scrapes.
+                "--enable-feature=exemplar-storage",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -304,6 +309,13 @@ class PrometheusServer:
     def scalar(self, expr: str, at: float | None = None) -> float | None:
         result = self.query(expr, at)
         return float(result[0]["value"][1]) if result else None
+
+    def exemplars(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        """``/api/v1/query_exemplars``: ``[{"seriesLabels": ..., "exemplars": [...]}]``."""
+        result: list[dict[str, Any]] = self._api(
+            "query_exemplars", query=expr, start=f"{start:.3f}", end=f"{end:.3f}"
+        )
+        return result
 
     def rules(self) -> list[dict[str, Any]]:
         return [rule for group in self._api("rules")["groups"] for rule in group["rules"]]

@@ -92,3 +92,20 @@ def test_the_overhead_is_split_into_own_code_and_sdk_calls(smoke: tuple[dict, st
     assert "The SDK calls themselves cost" in report
     assert "from a bare observer and middleware in the same manager" in report
     assert "The same calls in plain asyncio tasks" in report
+
+
+def test_profile_mode_runs(tmp_path: Path) -> None:
+    """``python -m bench --profile VARIANT`` (pyinstrument) builds the variants as the run does."""
+    pytest.importorskip("pyinstrument")
+    args = ["--smoke", "--profile", "ours-instrumented", "--profile-out", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pyinstrument profile of ours-instrumented" in proc.stdout
+    assert (tmp_path / "ours-instrumented.txt").exists()

@@ -8,8 +8,9 @@ folder (named by pid), the ``process.pid`` resource of the spans each worker exp
 process resource detector, switched on by environment), and scrapes that report totals no single
 worker's registry could hold. Then every scrape, whichever worker answers it, must report the
 true totals: created, finished by status, errors by type, histogram counts, and the running and
-pending ``livesum`` gauges back at 0. A clean stop (SIGINT) must leave the counters readable
-from the folder and no live gauge file behind.
+pending ``livesum`` gauges back at 0. Each busy worker writes its own exemplar file. A clean
+stop (SIGINT) must leave the counters readable from the folder and no live gauge or exemplar
+file behind.
 """
 
 from __future__ import annotations
@@ -201,6 +202,14 @@ def test_metrics_aggregate_every_worker(
     finally:
         client.close()
 
+    # Each busy worker keeps the exemplars of its own histograms in a file of its own (written
+    # within a flush interval); test_stack_exemplars.py checks what scrapes make of them.
+    wait_until(
+        lambda: all((prom_dir / f"exemplars_{pid}.json").exists() for pid in busy),
+        timeout=10,
+        message="an exemplar file per busy worker",
+    )
+
     # The spans agree: every task has a process span, from exactly the workers counted above.
     spans = receiver.wait_for_spans(kind="CONSUMER", count=created, timeout=15)
     by_task = {s.attributes[ATTR.MESSAGE_ID]: s for s in spans}
@@ -215,6 +224,7 @@ def test_metrics_aggregate_every_worker(
     # marks itself dead, so no live gauge file is left, while the counters stay readable.
     assert server.stop(signal.SIGINT, timeout=20) == 0, server.stderr()[-2000:]
     assert not list(prom_dir.glob("gauge_live*.db"))
+    assert not list(prom_dir.glob("exemplars_*"))  # removed with the live gauges
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(prom_dir))  # type: ignore[no-untyped-call]
     assert registry.get_sample_value(CREATED, {"task": FUNCTION}) == created

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from helpers import async_wait_until
 from nexios import NexiosApp
 from nexios.testclient import TestClient
 from redis_server import RedisServer, redis_server_available
@@ -247,3 +248,17 @@ def test_a_ready_tls_client_keeps_tls_for_the_blocking_reads() -> None:
         "pw",
     )
     assert kwargs["ssl_cert_reqs"] == "none"
+
+
+async def test_submit_tasks_and_counts_follow_the_backend(
+    pair: tuple[TaskManager, TaskManager],
+) -> None:
+    web, worker = pair
+    task = web.submit(echo, 5)  # the sync form: written to Redis in the background
+    await async_wait_until(lambda: web.get_task(task.id), message="the record in Redis")
+    done = await worker.wait_for_task(task.id, timeout=10)
+    assert done.result == 5
+    assert set(web.tasks) == {task.id}
+    assert web.tasks[task.id].status is TaskStatus.COMPLETED
+    assert (web.running_count, web.pending_count) == (0, 0)
+    assert worker.running_count == 0

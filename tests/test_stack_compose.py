@@ -185,6 +185,8 @@ def test_prometheus_gets_config_and_rules_and_scrapes_the_app_by_name() -> None:
     volumes = {host: container for host, container, _ in _volumes("prometheus")}
     assert volumes["./prometheus"] == "/etc/prometheus"
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+    # Exemplars (trace ids on histogram buckets) are kept: the latency panels link to traces.
+    assert "--enable-feature=exemplar-storage" in prom["command"]
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     assert config["rule_files"] == ["rules/*.rules.yml"]  # relative to the mounted config
     assert list((REPO / "prometheus" / "rules").glob("*.rules.yml"))

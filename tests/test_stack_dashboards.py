@@ -16,6 +16,8 @@ import pytest
 import yaml
 from stack_support import DASHBOARD_DIR, PROVISIONING_DIR, REPO, all_panels, load_dashboards
 
+from observable_tasks.telemetry import names
+
 DASHBOARDS = load_dashboards()
 OVERVIEW = DASHBOARDS["observable-tasks-overview.json"]
 TASK = DASHBOARDS["observable-tasks-task.json"]
@@ -209,7 +211,41 @@ def test_datasource_provisioning() -> None:
     uids = [d["uid"] for d in config["datasources"]]
     assert len(uids) == len(set(uids))
     destinations = prom["jsonData"]["exemplarTraceIdDestinations"]
-    assert destinations[0]["datasourceUid"] == jaeger["uid"]
+    # The exemplar label the library sets (trace_id) opens the trace in the Jaeger data source.
+    assert destinations == [{"name": "trace_id", "datasourceUid": jaeger["uid"]}]
+
+
+# Time series panels of the duration and queue-wait histograms: they show exemplars.
+LATENCY_PANELS = {
+    "observable-tasks-overview.json": {
+        "Duration p50 / p95 / p99",
+        "Duration p95 by task",
+        "Wait for a slot p95 by task",
+    },
+    "observable-tasks-task.json": {
+        "Duration p50 / p95 / p99",
+        "Duration p95 by status",
+        "Wait for a slot p50 / p95 / p99",
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_latency_panels_show_exemplars(name: str) -> None:
+    histograms = (
+        names.metric_name(names.TASK_DURATION) + "_bucket",
+        names.metric_name(names.TASK_QUEUE_WAIT) + "_bucket",
+    )
+    with_exemplars = set()
+    for panel in all_panels(DASHBOARDS[name]):
+        flags = [t.get("exemplar", False) for t in panel.get("targets", [])]
+        if any(flags):
+            with_exemplars.add(panel["title"])
+            assert panel["type"] == "timeseries", panel["title"]
+            # Once per panel: every quantile of one histogram has the same exemplars.
+            assert flags == [True] + [False] * (len(flags) - 1), panel["title"]
+            assert any(h in panel["targets"][0]["expr"] for h in histograms), panel["title"]
+    assert with_exemplars == LATENCY_PANELS[name]
 
 
 def test_dashboard_provider_loads_the_dashboards_folder() -> None:

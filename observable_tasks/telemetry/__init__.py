@@ -56,11 +56,11 @@ class Instrumentation:
     logger: TaskLogger | None
 
     def close(self) -> None:
-        """Release per-process state (multiprocess metric files of this worker)."""
+        """Release per-process state (multiprocess metric and exemplar files of this worker)."""
         if self.metrics is not None and self.metrics.multiprocess:
-            from prometheus_client import multiprocess
+            from observable_tasks.telemetry.exemplars import mark_process_dead
 
-            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+            mark_process_dead(os.getpid())
 
 
 def instrument(
@@ -91,7 +91,10 @@ def instrument(
         tracer = TaskTracer(tracer_provider)
         parts.append(tracer)
     if metrics:
-        metric = TaskMetrics(registry, namespace=namespace, max_task_labels=max_task_labels)
+        # Exemplars point at the task's span: only when this pipeline makes one.
+        metric = TaskMetrics(
+            registry, namespace=namespace, max_task_labels=max_task_labels, exemplars=tracing
+        )
         metric.attach(manager)
         parts.append(metric)
     if logs:

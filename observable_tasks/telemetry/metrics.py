@@ -25,6 +25,13 @@ from observable_tasks.middleware import outcome_status
 from observable_tasks.status import TaskStatus
 from observable_tasks.telemetry import names
 from observable_tasks.telemetry._common import error_type
+from observable_tasks.telemetry.exemplars import (
+    ExemplarStore,
+    bucket_layout,
+    current_exemplar,
+    multiprocess_dir,
+    process_store,
+)
 from observable_tasks.telemetry.pipeline import AttemptAbandoned, TelemetryPart
 from observable_tasks.telemetry.queue_metrics import QueueCollector
 
@@ -159,6 +166,17 @@ class _Families:
             buckets=names.LOOP_LAG_BUCKETS,
             registry=reg,
         )
+        # Exemplars: prometheus_client keeps them itself in one process; in multiprocess mode
+        # (where it drops them) this process's store does, for the route to merge at scrape time.
+        self.duration_bucket = n(names.TASK_DURATION) + "_bucket"
+        self.queue_wait_bucket = n(names.TASK_QUEUE_WAIT) + "_bucket"
+        self.duration_layout = bucket_layout(names.DURATION_BUCKETS)
+        self.queue_wait_layout = bucket_layout(names.QUEUE_WAIT_BUCKETS)
+        self.exemplar_store: ExemplarStore | None = None
+        if multiprocess:
+            folder = multiprocess_dir()
+            if folder is not None:
+                self.exemplar_store = process_store(folder)
         self.running: Gauge | None = None
         self.pending: Gauge | None = None
         self.limit: Gauge | None = None
@@ -234,14 +252,22 @@ class _Bound:
     __slots__ = (
         "created",
         "duration",
+        "duration_labels",
         "finished",
         "last_success",
         "pending",
         "queue_wait",
+        "queue_wait_labels",
         "running",
     )  # fmt: skip
 
     def __init__(self, families: _Families, label: str) -> None:
+        # Sorted (label, value) pairs: the keys of this task's exemplars in multiprocess mode.
+        self.queue_wait_labels = ((names.LABEL_TASK, label),)
+        self.duration_labels = {
+            s: tuple(sorted(((names.LABEL_TASK, label), (names.LABEL_STATUS, s))))
+            for s in names.FINISHED_STATUSES
+        }
         self.created = families.created.labels(label)
         self.queue_wait = families.queue_wait.labels(label)
         self.last_success = families.last_success.labels(label)
@@ -260,7 +286,10 @@ class TaskMetrics(TelemetryPart):
 
     ``registry`` defaults to prometheus_client's global ``REGISTRY``; several managers on one
     registry share the metric families (series add up). ``max_task_labels`` caps distinct task
-    function labels, ``max_error_types`` distinct exception classes.
+    function labels, ``max_error_types`` distinct exception classes. ``exemplars``: the
+    duration and queue-wait histograms carry the ``trace_id``/``span_id`` of the task's span
+    when it is sampled (read from the current span, which the tracing part sets before this
+    part runs; served in OpenMetrics only, see :mod:`~observable_tasks.telemetry.exemplars`).
     """
 
     name = "metrics"
@@ -273,8 +302,10 @@ class TaskMetrics(TelemetryPart):
         max_task_labels: int = 200,
         max_error_types: int = 50,
         multiprocess: bool | None = None,
+        exemplars: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else REGISTRY
+        self.exemplars = exemplars
         self.namespace = namespace
         self.multiprocess = is_multiprocess() if multiprocess is None else multiprocess
         self._f = _families(self.registry, namespace, self.multiprocess)
@@ -338,32 +369,77 @@ class TaskMetrics(TelemetryPart):
 
     # -- middleware ---------------------------------------------------------------------------
 
-    def begin(self, task: Task) -> _Bound:
+    def begin(self, task: Task) -> tuple[_Bound, dict[str, str] | None]:
         bound = self._for(task)
+        # The task's span is current (tracing runs first): read once, used for both histograms.
+        exemplar = current_exemplar() if self.exemplars else None
         wait = task.queue_wait
         if wait is not None:
-            bound.queue_wait.observe(wait)
+            if exemplar is None:
+                bound.queue_wait.observe(wait)
+            else:
+                self._observe_with(
+                    bound.queue_wait,
+                    wait,
+                    exemplar,
+                    self._f.queue_wait_bucket,
+                    bound.queue_wait_labels,
+                    self._f.queue_wait_layout,
+                )
         if bound.running is not None and bound.pending is not None:
             bound.pending.dec()
             bound.running.inc()
-        return bound
+        return bound, exemplar
 
-    def end(self, task: Task, bound: _Bound, error: BaseException | None, elapsed: float) -> None:
+    def _observe_with(
+        self,
+        child: Histogram,
+        value: float,
+        exemplar: dict[str, str],
+        bucket_name: str,
+        labels: tuple[tuple[str, str], ...],
+        layout: tuple[tuple[float, ...], tuple[str, ...]],
+    ) -> None:
+        store = self._f.exemplar_store
+        if store is None:
+            child.observe(value, exemplar)  # prometheus_client keeps the latest per bucket
+        else:  # multiprocess: prometheus_client would drop it; this process's store keeps it
+            child.observe(value)
+            store.record(bucket_name, labels, layout[0], layout[1], value, exemplar)
+
+    def end(
+        self,
+        task: Task,
+        state: tuple[_Bound, dict[str, str] | None],
+        error: BaseException | None,
+        elapsed: float,
+    ) -> None:
+        bound, exemplar = state
         if bound.running is not None:
             bound.running.dec()
         if error is None:  # the common case first, without the enum lookups
+            status = _COMPLETED
             bound.finished[_COMPLETED].inc()
-            bound.duration[_COMPLETED].observe(elapsed)
             bound.last_success.set(time.time())
-            return
-        if isinstance(error, AttemptAbandoned):
+        elif isinstance(error, AttemptAbandoned):
             return  # no outcome (released, or taken over by another worker): nothing to count
-        status = names.STATUS_LABELS[outcome_status(error).value]
-        bound.finished[status].inc()
-        bound.duration[status].observe(elapsed)
-        if status != _CANCELLED:
-            label = self._f.tasks(task.function)
-            self._f.errors.labels(label, self._f.error_types(error_type(error))).inc()
+        else:
+            status = names.STATUS_LABELS[outcome_status(error).value]
+            bound.finished[status].inc()
+            if status != _CANCELLED:
+                label = self._f.tasks(task.function)
+                self._f.errors.labels(label, self._f.error_types(error_type(error))).inc()
+        if exemplar is None:
+            bound.duration[status].observe(elapsed)
+        else:
+            self._observe_with(
+                bound.duration[status],
+                elapsed,
+                exemplar,
+                self._f.duration_bucket,
+                bound.duration_labels[status],
+                self._f.duration_layout,
+            )
 
 
 class _StateCollector(Collector):

@@ -10,6 +10,7 @@ from nexios.routing import Route
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from observable_tasks.telemetry.exemplars import MultiProcessExemplarCollector, multiprocess_dir
 from observable_tasks.telemetry.metrics import is_multiprocess, queue_collectors
 
 __all__ = ["add_metrics_route"]
@@ -23,6 +24,9 @@ def add_metrics_route(
     """Serve ``registry`` (default: the global one) at ``path``, GET/HEAD only.
 
     With ``PROMETHEUS_MULTIPROC_DIR`` set, each scrape aggregates every worker process instead.
+    OpenMetrics is served when the ``Accept`` header asks for it (Prometheus does), with the
+    histograms' exemplars (merged from every process in multiprocess mode); the Prometheus text
+    format otherwise.
     The route is kept out of the OpenAPI schema.
     """
     chosen = registry if registry is not None else REGISTRY
@@ -34,13 +38,21 @@ def add_metrics_route(
             return response.json(
                 {"error": "method not allowed"}, status_code=405, headers={"Allow": "GET, HEAD"}
             )
+        # OpenMetrics (with exemplars) when the scraper asks for it, the text format otherwise
+        # (which has no exemplars: prometheus_client's text encoder leaves them out).
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         source = chosen
-        if is_multiprocess():
+        folder = multiprocess_dir() if is_multiprocess() else None
+        if folder is not None:
             from prometheus_client import multiprocess
 
             source = CollectorRegistry()
-            multiprocess.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
+            if content_type.startswith("application/openmetrics-text"):
+                # prometheus_client drops exemplars in multiprocess mode: merge every
+                # process's own exemplar file into the aggregated histograms.
+                source.register(MultiProcessExemplarCollector(folder))
+            else:
+                multiprocess.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
             for queue in queue_collectors(chosen):
                 source.register(queue)  # read from Redis: the same from every process
         body = encoder(source)
