@@ -519,7 +519,8 @@ class TaskManager(MemoryScheduler):
         Call on the event loop: the subscription starts at the call. Each subscriber has a
         queue of ``maxlen`` events; one that lags loses the oldest (``event.dropped`` says how
         many), tasks never wait for it. Progress events of a task coalesce while queued. On
-        Redis the events come from the queue's events stream (every process' tasks); with
+        Redis the events come from the queue's events stream (every process' tasks; the first
+        subscriber of a process also gets those of the second before it subscribed); with
         ``last_event_id`` (an earlier ``event.id``) the ones after it that the stream still
         holds are replayed first. Stop iterating (or ``aclose()``) to unsubscribe.
         """

@@ -687,24 +687,23 @@ class RedisBackend:
 
     def _start_events(self) -> None:
         if self._events_reader is None or self._events_reader.done():
+            # From a second ago (stream ids are Redis' clock in ms): what happens between this
+            # call and the reader's first read is not lost; a little more is seen at most.
+            since = f"{max(0, int(time.time() * 1000) - 1000)}-0"
             loop = asyncio.get_running_loop()
-            self._events_reader = loop.create_task(self._read_events())
+            self._events_reader = loop.create_task(self._read_events(since))
 
     def _stop_events(self) -> None:
         if self._events_reader is not None:
             self._events_reader.cancel()
             self._events_reader = None
 
-    async def _read_events(self) -> None:
+    async def _read_events(self, last: str) -> None:
         """One blocking XREAD loop per process while someone listens; reconnects with backoff."""
-        last: str | None = None
         pause = 0.1
         while True:
             try:
                 client = await self._client()
-                if last is None:
-                    newest: Any = await client.xrevrange(self.keys.events, count=1)
-                    last = _text(newest[0][0]) if newest else "0-0"
                 reply: Any = await client.xread({self.keys.events: last}, count=500, block=1000)
                 pause = 0.1
             except RedisError as exc:
