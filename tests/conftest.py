@@ -44,6 +44,18 @@ async def make_manager() -> AsyncIterator[Callable[..., TaskManager]]:
         await mgr.shutdown(timeout=1.0)
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server (free port, no persistence) for the test module: its URL."""
+    from redis_server import RedisServer, redis_server_available
+
+    if not redis_server_available():
+        pytest.skip("redis-server not installed (scripts/setup-tests installs it)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture
 def live_server() -> Iterator[Callable[[Any], LiveServer]]:
     """``server = live_server(app)``: a real uvicorn on a free loopback port, stopped afterwards.

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, redis_server_available
 
 from observable_tasks import TaskConfig, TaskError, TaskManager, TaskStatus, update_task_progress
 
@@ -51,15 +50,6 @@ def sync_double(value: int) -> int:
 
 
 # -- one manager per test, on the backend of the parameter ----------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not redis_server_available():
-        pytest.skip("redis-server not installed (scripts/setup-tests installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])

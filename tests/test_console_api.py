@@ -18,7 +18,6 @@ import uvicorn
 from helpers import LiveServer, free_port, wait_until
 from nexios import NexiosApp
 from nexios.http import Request, Response
-from redis_server import RedisServer, redis_server_available
 
 from observable_tasks import TaskConfig, setup_tasks, update_task_progress
 from observable_tasks.console import ConsoleOptions
@@ -85,15 +84,6 @@ def make_app(backend: Any, **options: Any) -> NexiosApp:
         return {"ok": True}
 
     return app
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not redis_server_available():
-        pytest.skip("redis-server not installed (scripts/setup-tests installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])

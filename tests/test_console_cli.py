@@ -7,13 +7,11 @@ import asyncio
 import os
 import secrets
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from helpers import LiveServer, free_port
-from redis_server import RedisServer, redis_server_available
 from server_process import ServerProcess
 
 from observable_tasks import TaskConfig, TaskManager
@@ -21,15 +19,6 @@ from observable_tasks import TaskConfig, TaskManager
 
 async def double(value: int) -> int:
     return value * 2
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not redis_server_available():
-        pytest.skip("redis-server not installed (scripts/setup-tests installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 class _Guarded(ServerProcess):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, redis_server_available
 
 from observable_tasks import TaskConfig, TaskManager, TaskStatus, update_task_progress
 from observable_tasks.feed import TaskEvent
@@ -29,15 +28,6 @@ async def report(task_id: str, gate: str) -> str:
     await update_task_progress(task_id, 40.0)
     await GATES[gate].wait()
     return "done"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not redis_server_available():
-        pytest.skip("redis-server not installed (scripts/setup-tests installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])

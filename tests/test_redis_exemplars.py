@@ -11,7 +11,6 @@ from __future__ import annotations
 import secrets
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
-from redis_server import RedisServer, redis_server_available
 from worker_process import APPS, WorkerProcess
 
 sys.path.insert(0, str(APPS))
@@ -37,15 +35,6 @@ pytestmark = pytest.mark.e2e
 
 DURATION = names.metric_name(names.TASK_DURATION)
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not redis_server_available():
-        pytest.skip("redis-server not installed (scripts/setup-tests installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 def _exemplar_trace_ids(text: str) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
-from redis_server import RedisServer, redis_server_available
+from redis_server import redis_server_available
 from telemetry_kit import captured_structlog
 
 from observable_tasks import TaskConfig, TaskManager, TaskStatus
@@ -30,13 +30,6 @@ async def add(a: int, b: int) -> int:
 
 async def broken() -> None:
     raise KeyError("missing")
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 class Side:

@@ -10,7 +10,6 @@ import asyncio
 import random
 import secrets
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
-from redis_server import RedisServer, redis_server_available
+from redis_server import redis_server_available
 from telemetry_kit import captured_structlog, hex_id
 
 from observable_tasks import TaskConfig, TaskManager, TaskStatus, update_task_progress
@@ -49,13 +48,6 @@ async def job(kind: str, task_id: str) -> str:
         for step in (25.0, 50.0, 100.0):
             await update_task_progress(task_id, step)
     return kind
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 def side(url: str, queue: str, provider: TracerProvider, *, execute: bool) -> Any:

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from helpers import free_port, wait_until
-from redis_server import RedisServer, redis_server_available
 from worker_process import APPS, ROOT, WorkerProcess, worker_env
 
 sys.path.insert(0, str(APPS))
@@ -25,15 +24,6 @@ from observable_tasks import TaskConfig, TaskManager, TaskStatus
 pytestmark = pytest.mark.e2e
 
 COMPLETED_LINE = r'^observable_tasks_finished_total\{[^}]*status="completed"[^}]*\} (\S+)'
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not redis_server_available():
-        pytest.skip("redis-server not installed (scripts/setup-tests installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture
