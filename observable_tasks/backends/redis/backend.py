@@ -248,7 +248,8 @@ class RedisBackend:
             await self._listener.stop()
             self._listener = None
         if self.client is not None:
-            await self.client.aclose()
+            with contextlib.suppress(RedisError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.client.aclose(), 2.0)  # bounded, Redis may be gone
             self.client = None
         self._loop = None
 

@@ -41,13 +41,13 @@ class Listener:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def stop(self) -> None:
+        # Bounded: with Redis gone, closing a connection must not hold up a shutdown.
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
-                await self._reader
+            await asyncio.wait({self._reader}, timeout=2.0)
             self._reader = None
-        with contextlib.suppress(RedisError):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(RedisError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._pubsub.aclose(), 2.0)  # type: ignore[no-untyped-call]
 
     async def _resubscribe(self) -> None:
         """A new pub/sub connection with every channel of the old one.
