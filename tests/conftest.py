@@ -57,6 +57,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def fresh_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server for one test alone (stopped after it): its URL."""
+    from redis_server import RedisServer, redis_server_available
+
+    if not redis_server_available():
+        pytest.skip("redis-server not installed (scripts/setup-tests installs it)")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def live_server() -> Iterator[Callable[[Any], LiveServer]]:
     """``server = live_server(app)``: a real uvicorn on a free loopback port, stopped afterwards.
 

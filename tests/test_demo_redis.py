@@ -34,7 +34,7 @@ import pytest
 import redis
 from helpers import wait_until
 from otlp_receiver import OTLPReceiver, ReceivedSpan
-from redis_server import RedisServer, redis_server_available
+from redis_server import redis_server_available
 from server_process import REPO, serve
 
 from observable_tasks import cli
@@ -111,12 +111,8 @@ def request_spans(receiver: OTLPReceiver, path: str) -> list[ReceivedSpan]:
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+def redis_url(fresh_redis_url: str) -> str:
+    return fresh_redis_url  # a redis-server of the test's own: these tests count what it holds
 
 
 @pytest.fixture

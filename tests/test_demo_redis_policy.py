@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from helpers import LiveServer
-from redis_server import RedisServer, redis_server_available
+from redis_server import redis_server_available
 
 from observable_tasks import TaskConfig, TaskManager, TaskStatus, demo
 from observable_tasks.backends.redis import RedisBackend
@@ -31,12 +31,8 @@ pytestmark = [
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+def redis_url(fresh_redis_url: str) -> str:
+    return fresh_redis_url  # a redis-server of the test's own: these tests count what it holds
 
 
 @pytest.fixture
