@@ -23,6 +23,7 @@ from observable_tasks.integration import (
 )
 from observable_tasks.manager import TaskCallback, TaskManager
 from observable_tasks.middleware import CallNext, TaskMiddleware, TaskObserver, outcome_status
+from observable_tasks.retry import Retry, RetryPolicy
 from observable_tasks.status import TaskStatus
 from observable_tasks.task import Task
 
@@ -32,6 +33,8 @@ __all__ = [
     "DEFAULT_CONFIG",
     "CallNext",
     "NoTaskManagerError",
+    "Retry",
+    "RetryPolicy",
     "Task",
     "TaskCallback",
     "TaskConfig",

@@ -7,6 +7,10 @@ import logging
 import math
 from typing import Any
 
+from observable_tasks.retry import RetryPolicy
+
+_DEFAULT_RETRY = RetryPolicy()  # frozen: one shared instance is safe
+
 __all__ = ["TaskConfig", "DEFAULT_CONFIG"]
 
 _LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"}
@@ -45,6 +49,9 @@ class TaskConfig:
     """Seconds the event loop may be blocked before the loop watchdog reports which task was
     running (``on_loop_stall``; the ``loop.stalled`` log event). The watchdog also measures the
     loop's lag (``on_loop_lag``). ``None``: no watchdog."""
+    retry: RetryPolicy = _DEFAULT_RETRY
+    """The retry policy of tasks created without ``retry=``. The default retries no exception
+    by itself; a task may still ``raise Retry()`` for up to 3 attempts in all."""
 
     def __post_init__(self) -> None:
         _positive_int("max_concurrent_tasks", self.max_concurrent_tasks)
@@ -61,6 +68,8 @@ class TaskConfig:
             raise ValueError(
                 f"enable_task_history must be True or False, got {self.enable_task_history!r}"
             )
+        if not isinstance(self.retry, RetryPolicy):
+            raise ValueError(f"retry must be a RetryPolicy, got {self.retry!r}")
         # Normalise "info" / 20 to the int logging uses, rejecting unknown names.
         object.__setattr__(self, "log_level", _level("log_level", self.log_level))
 
@@ -76,7 +85,9 @@ class TaskConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by name (as nexios-contrib's ``TaskConfig.to_dict``), JSON-ready."""
-        return dataclasses.asdict(self)
+        fields = dataclasses.asdict(self)
+        fields["retry"] = self.retry.to_dict()
+        return fields
 
 
 def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> None:

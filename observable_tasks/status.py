@@ -17,7 +17,8 @@ class TaskStatus(str, enum.Enum):
     """
 
     PENDING = "PENDING"
-    """Created, waiting for a concurrency slot."""
+    """Created, waiting for a concurrency slot, for its start time (``delay=``/``eta=``) or
+    for its next attempt (a retry)."""
     RUNNING = "RUNNING"
     """Executing now."""
     COMPLETED = "COMPLETED"
@@ -52,7 +53,7 @@ _TERMINAL = frozenset(
 #: Every allowed edge. Terminal states have none: they are final.
 _EDGES: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
-    TaskStatus.RUNNING: _TERMINAL,
+    TaskStatus.RUNNING: _TERMINAL | {TaskStatus.PENDING},  # back to PENDING: a retry
 }
 
 

@@ -50,11 +50,14 @@ class Task:
         "_mono_created",
         "_mono_finished",
         "_mono_started",
+        "_next_wall",
         "_wall_created",
         "attempts",
         "error",
         "function",
         "id",
+        "key",
+        "max_attempts",
         "name",
         "progress",
         "result",
@@ -87,7 +90,13 @@ class Task:
         self.timeout = timeout
         """Seconds of execution allowed, or ``None``."""
         self.attempts = 0
-        """Executions started so far: 1 once it ran (more on Redis after a lost worker)."""
+        """Attempts started so far: 1 once it ran, more after retries (and, on Redis, after a
+        lost worker's attempt ran again)."""
+        self.max_attempts = 1
+        """Attempts its retry policy allows in all (``RetryPolicy.max_attempts``)."""
+        self.key: str | None = None
+        """The idempotency ``key=`` given at creation, else ``None``."""
+        self._next_wall: float | None = None  # wall time of the planned (next) attempt
         self._headers: dict[str, str] | None = None
         self._wall_created = wall_created
         self._mono_created = mono_created
@@ -123,6 +132,15 @@ class Task:
         return datetime.fromtimestamp(wall, timezone.utc)
 
     @property
+    def next_attempt_at(self) -> datetime | None:
+        """While PENDING until a planned time (``delay=``/``eta=``, or waiting to retry): when
+        the next attempt may start (timezone-aware, UTC). ``None`` otherwise."""
+        wall = self._next_wall
+        if wall is None:
+            return None
+        return datetime.fromtimestamp(wall, timezone.utc)
+
+    @property
     def is_done(self) -> bool:
         """True once the task has a final status."""
         return self.status.is_terminal
@@ -144,6 +162,7 @@ class Task:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (the result is included as is)."""
         started, completed = self.started_at, self.completed_at
+        next_at = self.next_attempt_at
         return {
             "id": self.id,
             "name": self.name,
@@ -151,6 +170,9 @@ class Task:
             "status": self.status.value,
             "progress": self.progress,
             "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "next_attempt_at": next_at.isoformat() if next_at else None,
+            "key": self.key,
             "created_at": self.created_at.isoformat(),
             "started_at": started.isoformat() if started else None,
             "completed_at": completed.isoformat() if completed else None,

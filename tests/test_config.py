@@ -53,6 +53,7 @@ def test_every_field_exists_with_a_sane_default() -> None:
         "shutdown_timeout",
         "max_sync_threads",
         "loop_stall_threshold",
+        "retry",
     }
     config = TaskConfig()
     assert config.max_concurrent_tasks > 0

@@ -16,6 +16,7 @@ ALLOWED = {
     (TaskStatus.PENDING, TaskStatus.RUNNING),
     (TaskStatus.PENDING, TaskStatus.CANCELLED),
     *((TaskStatus.RUNNING, end) for end in TERMINAL),
+    (TaskStatus.RUNNING, TaskStatus.PENDING),  # a retry waits for its next attempt
 }
 
 

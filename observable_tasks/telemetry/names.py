@@ -17,6 +17,7 @@ __all__ = [
     "TASK_QUEUE_WAIT",
     "TASK_ERRORS",
     "TASK_LAST_SUCCESS",
+    "TASK_RETRIES",
     "TELEMETRY_ERRORS",
     "LABEL_OVERFLOW",
     "QUEUE_PENDING",
@@ -66,7 +67,7 @@ TASKS_FINISHED = "tasks_finished"
 TASKS_RUNNING = "tasks_running"
 """Gauge {task}: tasks executing now."""
 TASKS_PENDING = "tasks_pending"
-"""Gauge {task}: tasks waiting for a concurrency slot."""
+"""Gauge {task}: tasks waiting for a concurrency slot, for their start time or to retry."""
 TASKS_CONCURRENCY_LIMIT = "tasks_concurrency_limit"
 """Gauge: the configured ``max_concurrent_tasks`` (draw saturation as running / limit)."""
 TASK_DURATION = "task_duration_seconds"
@@ -77,6 +78,9 @@ TASK_ERRORS = "task_errors"
 """Counter {task, error_type}: failures and timeouts by exception class."""
 TASK_LAST_SUCCESS = "task_last_success_timestamp_seconds"
 """Gauge {task}: Unix time of the last COMPLETED task."""
+TASK_RETRIES = "task_retries"
+"""Counter {task}: attempts that failed and were planned to run again (a retry storm shows
+here before anything finishes)."""
 TELEMETRY_ERRORS = "telemetry_errors"
 """Counter {component}: failures inside telemetry itself (never fail a task)."""
 QUEUE_PENDING = "queue_pending"
@@ -109,6 +113,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     TASK_QUEUE_WAIT: ("histogram", ("task",)),
     TASK_ERRORS: ("counter", ("task", "error_type")),
     TASK_LAST_SUCCESS: ("gauge", ("task",)),
+    TASK_RETRIES: ("counter", ("task",)),
     TELEMETRY_ERRORS: ("counter", ("component",)),
     LABEL_OVERFLOW: ("counter", ("label",)),
     EVENT_LOOP_LAG: ("histogram", ()),
@@ -205,6 +210,9 @@ class ATTR:
     TASK_TIMEOUT = "observable_tasks.task.timeout_s"
     TASK_QUEUE_WAIT = "observable_tasks.task.queue_wait_s"
     TASK_ATTEMPT = "observable_tasks.task.attempt"
+    TASK_MAX_ATTEMPTS = "observable_tasks.task.max_attempts"
+    TASK_RETRY_DELAY = "observable_tasks.task.retry_delay_s"  # set when the attempt will retry
+    TASK_KEY = "observable_tasks.task.key"
     SYSTEM_VALUE = "observable_tasks"
 
 
@@ -220,6 +228,7 @@ LOG_EVENTS = {
     "progress": "task.progress",
     "evicted": "task.evicted",
     "released": "task.released",
+    "retrying": "task.retrying",
     "loop_stalled": "loop.stalled",
 }
 """structlog event names, keyed by what happened."""
@@ -241,3 +250,7 @@ class LOG_FIELDS:  # a namespace of constants, read like a module
     SPAN_ID = "span_id"
     BLOCKED = "blocked_s"  # loop.stalled: seconds the loop had been blocked when seen
     TRACE_FLAGS = "trace_flags"
+    ATTEMPT = "attempt"  # task.started, task.retrying and the final event
+    DELAY = "delay_s"  # task.retrying (seconds until the next attempt); task.created (delay=)
+    NEXT_ATTEMPT = "next_attempt_at"  # task.retrying: ISO time of the next attempt
+    KEY = "key"  # task.created: the idempotency key
