@@ -68,6 +68,8 @@ class TaskConfig:
             raise ValueError(
                 f"enable_task_history must be True or False, got {self.enable_task_history!r}"
             )
+        if isinstance(self.retry, dict):  # TaskConfig(**config.to_dict()) round-trips
+            object.__setattr__(self, "retry", RetryPolicy.from_dict(self.retry))
         if not isinstance(self.retry, RetryPolicy):
             raise ValueError(f"retry must be a RetryPolicy, got {self.retry!r}")
         # Normalise "info" / 20 to the int logging uses, rejecting unknown names.

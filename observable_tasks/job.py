@@ -17,6 +17,7 @@ from observable_tasks.task import Task
 
 if TYPE_CHECKING:
     from observable_tasks.manager import TaskCallback
+    from observable_tasks.retry import RetryPolicy
 
 __all__ = ["check_progress", "check_timeout"]
 
@@ -64,9 +65,11 @@ class _Job(Invocation):
         "entered",
         "error",
         "has_outcome",
+        "policy",
         "result",
         "task",
         "timed_out",
+        "timer",
         "waiters",
     )
 
@@ -77,6 +80,7 @@ class _Job(Invocation):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         shape: CallShape,
+        policy: RetryPolicy,
     ) -> None:
         # Invocation's fields set here rather than through super().__init__: this is per task.
         self.func = func
@@ -84,6 +88,8 @@ class _Job(Invocation):
         self.kwargs = kwargs
         self.shape = shape
         self.task = task
+        self.policy = policy
+        self.timer: asyncio.TimerHandle | None = None  # a planned start (delay, retry)
         self.aio: asyncio.Task[None] | None = None
         # Allocated on first use: most tasks have neither (memory per task matters).
         self.waiters: list[asyncio.Future[None]] | None = None
@@ -94,6 +100,11 @@ class _Job(Invocation):
         self.has_outcome = False
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def again(self) -> None:
+        """Reset the per-attempt state for another attempt (a retry)."""
+        self.timed_out = self.entered = self.cancel_requested = self.has_outcome = False
+        self.result = self.error = None
 
     def record(self, result: Any = None, error: BaseException | None = None) -> None:
         self.has_outcome = True

@@ -16,9 +16,11 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from observable_tasks._awaitable import Done
@@ -35,6 +37,7 @@ from observable_tasks.middleware import (
     guard,
 )
 from observable_tasks.query import check_query, count_statuses, matcher, query_memory
+from observable_tasks.retry import RetryPolicy, check_key, start_delay
 from observable_tasks.scheduler import MemoryScheduler
 from observable_tasks.status import TaskStatus
 from observable_tasks.task import Task, new_task_id
@@ -53,6 +56,8 @@ TaskCallback = Callable[[Task], Awaitable[None] | None]
 
 _HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
 _get_running_loop = asyncio.events._get_running_loop
+_Plan = tuple[RetryPolicy | None, float | None, datetime | None, str | None]
+"""``retry``, ``delay``, ``eta`` and ``key`` as given to create_task (not checked yet)."""
 
 
 class _State(enum.Enum):
@@ -121,6 +126,9 @@ class TaskManager(MemoryScheduler):
         self._tasks: dict[str, Task] = {}  # every known task, in creation order
         self._jobs: dict[str, _Job] = {}  # execution state of tasks not finished yet
         self._pending: collections.deque[_Job] = collections.deque()
+        self._delayed: dict[str, _Job] = {}  # PENDING until a planned time (delay, retry)
+        self._keys: dict[str, str] = {}  # idempotency key -> its unfinished task's id
+        self._key_lock = threading.Lock()  # creates with a key may come from several threads
         self._running = 0  # how many jobs are RUNNING (they are in _jobs, like pending ones)
         self._history: collections.deque[Task] = collections.deque()  # finished, oldest first
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -224,7 +232,7 @@ class TaskManager(MemoryScheduler):
             if self._cleanup_handle is not None:
                 self._cleanup_handle.cancel()
                 self._cleanup_handle = None
-            for job in list(self._pending):
+            for job in [*self._pending, *self._delayed.values()]:
                 self._cancel_pending(job)
             grace = self.config.shutdown_timeout if timeout is None else timeout
             running = {job.aio: job for job in self._running_jobs() if job.aio is not None}
@@ -258,20 +266,31 @@ class TaskManager(MemoryScheduler):
         *args: Any,
         name: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        key: str | None = None,
         **kwargs: Any,
     ) -> Task:
         """Create a task and schedule it; returns at once. Safe to call from any thread.
 
         ``name`` is the display name (default: the function's name); ``timeout`` overrides
-        ``config.default_timeout``. Other arguments go to ``func``. Raises ``TypeError`` for a
-        non-callable, a coroutine object or arguments that do not fit ``func``, ``ValueError``
-        for a bad timeout, and :class:`TaskManagerClosedError` during shutdown. On Redis the
-        record is written in the background (a failure is logged); ``await create_task`` to
-        learn of it.
+        ``config.default_timeout``; ``retry`` overrides ``config.retry``. ``delay`` (seconds)
+        or ``eta`` (a timezone-aware datetime) start it later: PENDING until then, holding no
+        slot. With ``key``, while a task created with the same key is unfinished, that task is
+        returned instead of a new one. Other arguments go to ``func`` (pass a function's own
+        ``name``/``timeout``/``retry``/``delay``/``eta``/``key`` arguments by position).
+        Raises ``TypeError`` for a non-callable, a coroutine object or arguments that do not
+        fit ``func``, ``ValueError`` for a bad timeout, delay, eta or key, and
+        :class:`TaskManagerClosedError` during shutdown. On Redis the record is written in the
+        background (a failure is logged); ``await create_task`` to learn of it.
         """
+        plan = None
+        if retry is not None or delay is not None or eta is not None or key is not None:
+            plan = (retry, delay, eta, key)
         if self._remote is not None:
-            return self._submit_remote(func, args, kwargs, name, timeout).value
-        return self._submit(func, args, kwargs, name, timeout)
+            return self._submit_remote(func, args, kwargs, name, timeout, plan).value
+        return self._submit(func, args, kwargs, name, timeout, plan)
 
     def create_task(
         self,
@@ -279,19 +298,41 @@ class TaskManager(MemoryScheduler):
         *args: Any,
         name: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        key: str | None = None,
         **kwargs: Any,
     ) -> Done[Task]:
         """``await manager.create_task(func, *args, name=..., timeout=..., **kwargs)``.
 
-        The task is created when this is called (errors are raised right here), so the call
-        also works un-awaited from a worker thread: ``manager.create_task(f).result()``.
-        On the Redis backend the record is written when awaited (the write is already under
-        way if it is not), and :class:`~observable_tasks.backends.TaskBackendError` says so at
-        once when Redis cannot be reached.
+        ``retry``, ``delay``, ``eta`` and ``key`` as in :meth:`submit`. The task is created
+        when this is called (errors are raised right here), so the call also works un-awaited
+        from a worker thread: ``manager.create_task(f).result()``. On the Redis backend the
+        record is written when awaited (the write is already under way if it is not), and
+        :class:`~observable_tasks.backends.TaskBackendError` says so at once when Redis cannot
+        be reached; with ``key``, the awaited task is the one that holds the key.
         """
+        plan = None
+        if retry is not None or delay is not None or eta is not None or key is not None:
+            plan = (retry, delay, eta, key)
         if self._remote is not None:
-            return self._submit_remote(func, args, kwargs, name, timeout)
-        return Done(self._submit(func, args, kwargs, name, timeout))
+            return self._submit_remote(func, args, kwargs, name, timeout, plan)
+        return Done(self._submit(func, args, kwargs, name, timeout, plan))
+
+    def _planned(self, plan: _Plan | None, wall: float) -> tuple[RetryPolicy, float, str | None]:
+        """The policy, the seconds until the first attempt and the key, checked."""
+        if plan is None:
+            return self.config.retry, 0.0, None
+        retry, delay, eta, key = plan
+        if retry is None:
+            retry = self.config.retry
+        elif not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        wait = 0.0 if delay is None and eta is None else start_delay(delay, eta, wall)
+        if key is not None:
+            check_key(key)
+        return retry, wait, key
 
     def _submit_remote(
         self,
@@ -300,6 +341,7 @@ class TaskManager(MemoryScheduler):
         kwargs: dict[str, Any],
         name: str | None,
         timeout: float | None,
+        plan: _Plan | None = None,
     ) -> Done[Task]:
         assert self._remote is not None
         shape = check_call(func, args, kwargs)
@@ -315,8 +357,13 @@ class TaskManager(MemoryScheduler):
             check_timeout(timeout)
         fn = shape.name
         wall = time.time()  # a Redis task's times are wall clock, comparable across machines
+        policy, wait, key = self._planned(plan, wall)
         task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, wall)
-        fields = self._remote.prepare(task, func, args, kwargs)  # refusals raise here, first
+        task.max_attempts = policy.max_attempts
+        task.key = key
+        if wait > 0.0:
+            task._next_wall = wall + wait
+        fields = self._remote.prepare(task, func, args, kwargs, policy)  # refusals raise here
         if self._listeners["on_submit"]:
             self._notify("on_submit", task)  # e.g. the tracer adds its headers to the record
         return self._remote.enqueue(task, fields, self._created)
@@ -333,6 +380,7 @@ class TaskManager(MemoryScheduler):
         kwargs: dict[str, Any],
         name: str | None,
         timeout: float | None,
+        plan: _Plan | None = None,
     ) -> Task:
         shape = check_call(func, args, kwargs)  # first: it also closes a coroutine object
         if not self._accepting:
@@ -349,24 +397,46 @@ class TaskManager(MemoryScheduler):
             or not (math.isfinite(timeout) and timeout > 0)
         ):
             check_timeout(timeout)
+        wall = time.time()
+        if plan is None:  # the usual case, without the checks of _planned
+            policy, wait, key = self.config.retry, 0.0, None
+        else:
+            policy, wait, key = self._planned(plan, wall)
         loop = self._loop
         in_loop = (loop is not None and _get_running_loop() is loop) or self._on_loop_thread()
         fn = shape.name
-        task = Task(
-            new_task_id(), name or fn.rpartition(".")[2], fn, timeout, time.time(), self._clock()
-        )
+        task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, self._clock())
+        task.max_attempts = policy.max_attempts
         # No keywords (the usual case): the shared empty dict, so the call's own is freed now.
-        job = _Job(task, func, args, kwargs or _NO_KWARGS, shape)
-        # Single dict stores are atomic, so threads may create tasks without a lock.
+        job = _Job(task, func, args, kwargs or _NO_KWARGS, shape, policy)
         task_id = task.id
-        self._tasks[task_id] = task
-        self._jobs[task_id] = job
+        if key is not None:
+            with self._key_lock:
+                holder = self._jobs.get(self._keys.get(key, ""))
+                if holder is not None:
+                    return holder.task  # unfinished: the producer sent this one already
+                task.key = key
+                self._keys[key] = task_id
+                self._tasks[task_id] = task
+                self._jobs[task_id] = job
+        else:
+            # Single dict stores are atomic, so threads may create tasks without a lock.
+            self._tasks[task_id] = task
+            self._jobs[task_id] = job
         if self._listeners["on_submit"]:
             self._notify("on_submit", task)
         if self._listeners["on_created"]:
             self._notify("on_created", task)
         if self._hub.subscribers:
             self._hub.publish("created", task)
+        if wait > 0.0:
+            task._next_wall = wall + wait
+            if in_loop:
+                self._plan(job, wait)
+            else:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._plan, job, wait)
+            return task
         if in_loop:
             if self._running < self.config.max_concurrent_tasks and self._accepting:
                 self._start(job)  # the common case of _admit, inlined: this is the hot path
@@ -433,9 +503,9 @@ class TaskManager(MemoryScheduler):
 
     @property
     def pending_count(self) -> int:
-        """Tasks waiting for a slot in this process (on Redis they wait in the queue: see the
-        ``queue_pending`` gauge)."""
-        return len(self._pending)
+        """Tasks waiting in this process: for a slot, for their start time or to retry (on
+        Redis they wait in the queue: see the ``queue_pending`` gauge)."""
+        return len(self._pending) + len(self._delayed)
 
     @property
     def abandoned_threads(self) -> int:
@@ -450,8 +520,13 @@ class TaskManager(MemoryScheduler):
         return [job.task for job in self._running_jobs()]
 
     def pending_tasks(self) -> list[Task]:
-        """Tasks waiting for a slot, first in line first."""
-        return [job.task for job in list(self._pending)]
+        """Tasks waiting for a slot (first in line first), then those waiting for their start
+        time or their next attempt (soonest first)."""
+        planned = sorted(
+            (job.task for job in list(self._delayed.values())),
+            key=lambda task: task._next_wall or 0.0,
+        )
+        return [job.task for job in list(self._pending)] + planned
 
     # -- for consoles: pages, counts, workers, events -------------------------------------------
 
@@ -505,7 +580,7 @@ class TaskManager(MemoryScheduler):
                 "last_seen": time.time(),
                 "alive": self._accepting,
                 "running": self._running,
-                "pending": len(self._pending),
+                "pending": self.pending_count,
                 "concurrency": self.config.max_concurrent_tasks,
             }
         ]

@@ -6,7 +6,9 @@ Shared by both backends: the memory scheduler and the Redis worker ask the same
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import importlib
 import math
 import random
 from collections.abc import Iterable
@@ -111,6 +113,25 @@ class RetryPolicy:
         fields = dataclasses.asdict(self)
         fields["on"] = [f"{c.__module__}.{c.__qualname__}" for c in self.on]
         return fields
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> RetryPolicy:
+        """The policy :meth:`to_dict` described (exception classes imported by name)."""
+        fields = dict(fields)
+        fields["on"] = tuple(_import_class(name) for name in fields.get("on", ()))
+        return cls(**fields)
+
+
+def _import_class(name: object) -> object:
+    if isinstance(name, type):
+        return name
+    if not isinstance(name, str) or "." not in name:
+        raise TypeError(f"on must name exception classes as 'module.Class', got {name!r}")
+    module, _, qualname = name.rpartition(".")
+    found: object = builtins if module == "builtins" else importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def _exception_classes(on: object) -> tuple[type[BaseException], ...]:

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import contextvars
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +51,10 @@ class MemoryScheduler:
     _tasks: dict[str, Task]
     _jobs: dict[str, _Job]
     _pending: collections.deque[_Job]
+    _delayed: dict[str, _Job]  # PENDING until a planned time: delay=/eta=, a retry's backoff
     _running: int
     _history: collections.deque[Task]
+    _keys: dict[str, str]  # idempotency key -> id of the unfinished task holding it
     _cleanup_handle: asyncio.TimerHandle | None
     _middleware: list[tuple[str, TaskMiddleware]]
     _chain: Callable[[Task], Awaitable[Any]] | None
@@ -91,7 +94,7 @@ class MemoryScheduler:
         return [job for job in list(self._jobs.values()) if job.task.status is running]
 
     def _jobs_active(self) -> bool:
-        return bool(self._running or self._pending)
+        return bool(self._running or self._pending or self._delayed)
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -121,12 +124,31 @@ class MemoryScheduler:
         else:
             self._pending.append(job)
 
+    def _plan(self, job: _Job, wait: float) -> None:
+        """Start ``job`` in ``wait`` seconds (on the loop): until then it holds no slot."""
+        if job.task.status is not TaskStatus.PENDING:
+            return  # cancelled meanwhile (created from another thread)
+        assert self._loop is not None
+        self._delayed[job.task.id] = job
+        job.timer = self._loop.call_later(wait, self._due, job)
+
+    def _due(self, job: _Job) -> None:
+        job.timer = None
+        task = job.task
+        self._delayed.pop(task.id, None)
+        task._next_wall = None
+        task._mono_ready = self._clock()  # its wait for a slot starts now
+        self._admit(job)
+
     def _start(self, job: _Job) -> None:
         # Only ever called with a PENDING job (see _admit), so PENDING -> RUNNING is valid.
         task = job.task
         task.status = TaskStatus.RUNNING
         task._mono_started = self._clock()
-        task.attempts = 1
+        if task.attempts:  # a retry: a fresh attempt state
+            job.again()
+            task.error = None
+        task.attempts += 1
         self._running += 1
         if self._hub.subscribers:
             self._hub.publish("started", task)
@@ -145,6 +167,7 @@ class MemoryScheduler:
     async def _run(self, job: _Job) -> None:
         job.entered = True
         task = job.task
+        attempt = task.attempts  # after a retry is planned, a later attempt is not ours to end
         current_var.set((self, task))  # type: ignore[arg-type]  # self is a TaskManager
         try:
             if self._middleware:
@@ -170,14 +193,16 @@ class MemoryScheduler:
                 job.has_outcome = True
                 job.result = result
         except (Exception, asyncio.CancelledError) as exc:
-            if not job.has_outcome:
+            if not job.has_outcome and task.attempts == attempt:
                 job.record(error=exc)
         except BaseException as exc:  # KeyboardInterrupt/SystemExit: record, then let it go
-            if not job.has_outcome:
-                job.record(error=exc)
-            self._finish(job)
+            if task.attempts == attempt:
+                if not job.has_outcome:
+                    job.record(error=exc)
+                self._finish(job)
             raise
-        self._finish(job)
+        if task.attempts == attempt:
+            self._finish(job)
 
     async def _execute(self, task: Task) -> Any:
         """Innermost link of the middleware chain: run the function under its timeout."""
@@ -237,8 +262,13 @@ class MemoryScheduler:
     def _cancel_pending(self, job: _Job) -> None:
         task = job.task
         check_transition(task.status, TaskStatus.CANCELLED)
-        with contextlib.suppress(ValueError):  # not admitted yet (created from another thread)
-            self._pending.remove(job)
+        if job.timer is not None:  # waiting for its planned time: it never runs (again)
+            job.timer.cancel()
+            job.timer = None
+        if self._delayed.pop(task.id, None) is None:
+            with contextlib.suppress(ValueError):  # not admitted yet (created from a thread)
+                self._pending.remove(job)
+        task._next_wall = None
         task.status = TaskStatus.CANCELLED
         task._mono_finished = self._clock()
         self._notify("on_cancelled_pending", task)
@@ -258,10 +288,30 @@ class MemoryScheduler:
         else:
             status = outcome_status(job.error)
             if status is not TaskStatus.CANCELLED:
+                wait = job.policy.plan(task.attempts, job.error)
+                if wait is not None and self._accepting:
+                    self._retry_later(job, wait)
+                    return
                 task.error = job.error
             task.status = status
         self._running -= 1
         self._settle(job)
+        if self._pending:
+            self._admit_next()
+
+    def _retry_later(self, job: _Job, wait: float) -> None:
+        """The attempt failed and its policy plans another in ``wait`` seconds: PENDING until
+        then, holding no slot. Middleware sees the status when the attempt's ``call_next``
+        raises (telemetry: a retry, not an outcome)."""
+        task = job.task
+        check_transition(task.status, TaskStatus.PENDING)
+        task.status = TaskStatus.PENDING
+        task.error = job.error  # the last attempt's error, readable while it waits
+        task._next_wall = time.time() + wait
+        self._running -= 1
+        self._plan(job, wait)
+        if self._hub.subscribers:
+            self._hub.publish("retrying", task)
         if self._pending:
             self._admit_next()
 
@@ -273,6 +323,8 @@ class MemoryScheduler:
     def _settle(self, job: _Job) -> None:
         """Common ending: wake waiters, run callbacks, file into history (or forget)."""
         task = job.task
+        if task.key is not None and self._keys.get(task.key) == task.id:
+            del self._keys[task.key]  # the key may be used again
         # Drop references to the function and its arguments as soon as possible.
         job.func, job.args, job.kwargs = _spent, (), _NO_KWARGS
         job.aio = None

@@ -49,6 +49,7 @@ class Task:
         "_headers",
         "_mono_created",
         "_mono_finished",
+        "_mono_ready",
         "_mono_started",
         "_next_wall",
         "_wall_created",
@@ -102,6 +103,8 @@ class Task:
         self._mono_created = mono_created
         self._mono_started: float | None = None
         self._mono_finished: float | None = None
+        # When it could start: its planned time (delay=/eta=, a retry), else its creation.
+        self._mono_ready: float | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -147,10 +150,12 @@ class Task:
 
     @property
     def queue_wait(self) -> float | None:
-        """Seconds between creation and start, once started."""
+        """Seconds the latest attempt waited for a slot, once started: from creation (or from
+        its planned time: ``delay=``/``eta=``, a retry's backoff) to its start."""
         if self._mono_started is None:
             return None
-        return self._mono_started - self._mono_created
+        ready = self._mono_ready
+        return self._mono_started - (self._mono_created if ready is None else ready)
 
     @property
     def duration(self) -> float | None:

@@ -30,6 +30,7 @@ from ..._awaitable import Done
 from ...errors import TaskError, TaskNotFoundError, TaskTimeoutError
 from ...feed import EventHub, Subscription, TaskEvent
 from ...query import Matcher, decode_cursor, encode_cursor
+from ...retry import RetryPolicy
 from ...status import TaskStatus
 from ...task import Task
 from .client import connect, redact
@@ -268,7 +269,12 @@ class RedisBackend:
     # -- creating -----------------------------------------------------------------------------
 
     def prepare(
-        self, task: Task, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task: Task,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy: RetryPolicy | None = None,
     ) -> dict[str, Any]:
         """The record's fields; refuses (``TypeError``) what cannot cross processes."""
         ref = self.policy.register(func)  # lambdas, nested functions, partials...

@@ -244,7 +244,7 @@ class Worker:
         task.attempts = claimed.attempt
         if claimed.headers:
             task._headers = dict(claimed.headers)
-        job = _RemoteJob(task, func, args, kwargs, shape)
+        job = _RemoteJob(task, func, args, kwargs, shape, manager.config.retry)
         job.attempt, job.lost, job.released = claimed.attempt, False, False
         job.finishing = False
         if claimed.attempt > 1:  # a hand-back at shutdown keeps the number: this is a redelivery
