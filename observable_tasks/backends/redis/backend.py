@@ -37,7 +37,7 @@ from .client import connect, redact
 from .codec import FunctionPolicy, JsonSerializer, Serializer, encode_payload
 from .keys import Keys
 from .listener import Listener
-from .records import decode_record, encode_headers
+from .records import decode_policy, decode_record, encode_headers, encode_policy
 from .scripts import Scripts
 
 if TYPE_CHECKING:
@@ -223,7 +223,9 @@ class RedisBackend:
                 self.client, self.keys, max_history=self._max_history(), events_maxlen=10_000
             )
             self._loop = loop
-            self._listener = Listener(self.client, self.keys, self._on_cancel)
+            self._listener = Listener(
+                self.client, self.keys, self._on_cancel, self._on_wake if self.execute else None
+            )
             await self._listener.start()
             if self.execute:
                 from .worker import Worker
@@ -276,7 +278,10 @@ class RedisBackend:
         kwargs: dict[str, Any],
         policy: RetryPolicy | None = None,
     ) -> dict[str, Any]:
-        """The record's fields; refuses (``TypeError``) what cannot cross processes."""
+        """The record's fields; refuses (``TypeError``) what cannot cross processes.
+
+        ``policy`` travels in the record (``retry``, absent for the default policy): the worker
+        applies the producer's policy, not its own config's."""
         ref = self.policy.register(func)  # lambdas, nested functions, partials...
         payload = encode_payload(args, kwargs, self.serializer, task=f"task {task.name!r}")
         fields: dict[str, Any] = {
@@ -290,6 +295,9 @@ class RedisBackend:
         }
         if task.timeout is not None:
             fields["timeout"] = f"{task.timeout:.6f}"
+        spec = encode_policy(policy) if policy is not None else None
+        if spec is not None:
+            fields["retry"] = spec
         return fields
 
     def enqueue(
@@ -333,13 +341,26 @@ class RedisBackend:
         self, task: Task, fields: dict[str, Any], created: Callable[[Task], None]
     ) -> Task:
         assert self.scripts is not None
-        try:
-            await self.scripts.enqueue(task.id, fields)
-        except RedisError as exc:
-            raise TaskBackendError(
-                f"task {task.name!r} was not created: Redis at {self.url} is unavailable "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
+        # The manager set the wait before the first attempt (delay=/eta=) as _next_wall; the
+        # due time itself is taken from Redis' clock, so every process agrees on it.
+        delay = 0.0 if task._next_wall is None else task._next_wall - task._wall_created
+        for _ in range(3):
+            try:
+                done = await self.scripts.submit(task.id, fields, delay=delay, key=task.key)
+            except RedisError as exc:
+                raise TaskBackendError(
+                    f"task {task.name!r} was not created: Redis at {self.url} is unavailable "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
+            if done.outcome != "held":
+                break
+            assert done.holder is not None
+            holder = await self.aget_task(done.holder)
+            if holder is not None:
+                return holder  # the unfinished task holding the key: nothing was created
+            # It finished and was evicted meanwhile: the key is free now, try again.
+        if done.due is not None:
+            task._next_wall = done.due
         self._live[task.id] = task
         created(task)
         return task
@@ -463,11 +484,21 @@ class RedisBackend:
         task.attempts = record.attempts
         task._mono_started = record.started
         task._mono_finished = record.finished
+        task._mono_ready = record.ready
+        task._next_wall = record.next
+        task.key = record.key
+        try:
+            task.max_attempts = decode_policy(record.retry).max_attempts
+        except ValueError:
+            task.max_attempts = 1
         if record.headers:
             task._headers = dict(record.headers)
         if record.status is TaskStatus.COMPLETED:
             task.result = record.result
-        if record.error is not None and task.error is None:
+        if record.error is None:
+            task.error = None  # a retry started: the last attempt's error is gone
+        elif task.error is None or not _same_error(task.error, record.error):
+            # Kept when it is the same: a local Task may hold the original exception.
             task.error = _error_from(record.error, record.timeout)
         if record.worker is not None or record.args or record.kwargs:
             self._extras[task] = (record.worker, record.args, record.kwargs)
@@ -532,6 +563,10 @@ class RedisBackend:
     def _on_cancel(self, task_id: str) -> None:
         if self.worker is not None:
             self.worker.cancel_local(task_id)
+
+    def _on_wake(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
 
     def schedule_sweep(self) -> None:
         """Drop index entries of records evicted by their TTL (in the background)."""
@@ -759,8 +794,10 @@ class RedisBackend:
     # -- queue-wide facts (for metrics at scrape time) --------------------------------------
 
     def queue_stats(self) -> dict[str, float]:
-        """Pending, running, oldest pending age (s), live workers (renewed within a lease) and
-        redeliveries so far, read now (blocking, short); ``{}`` when Redis cannot be read."""
+        """Pending (queued + delayed), delayed (waiting for a planned time: ``delay=``/``eta=``
+        or a retry's backoff), running, oldest queued age (s), live workers (renewed within a
+        lease) and redeliveries so far, read now (blocking, short); ``{}`` when Redis cannot be
+        read."""
         client = self._sync_client()
         now = time.time()
         try:
@@ -770,7 +807,10 @@ class RedisBackend:
             pipe.xrange(self.keys.stream, count=1)
             pipe.zrangebyscore(self.keys.workers, now - self.lease, "+inf")
             pipe.hget(self.keys.stats, "redeliveries")
-            groups, length, first, workers, redeliveries = pipe.execute(raise_on_error=False)
+            pipe.zcard(self.keys.delayed)
+            groups, length, first, workers, redeliveries, delayed = pipe.execute(
+                raise_on_error=False
+            )
         except RedisError:
             return {}
         pel = 0
@@ -782,8 +822,11 @@ class RedisBackend:
             entry_id = first[0][0].decode() if isinstance(first[0][0], bytes) else first[0][0]
             oldest = max(0.0, now - int(entry_id.split("-")[0]) / 1000)
         length = length if isinstance(length, int) else 0
+        delayed = delayed if isinstance(delayed, int) else 0
         return {
-            "pending": max(0, length - pel),
+            # PENDING in all: queued, plus waiting for a planned time (delay=/eta=, a retry).
+            "pending": max(0, length - pel) + delayed,
+            "delayed": delayed,
             "running": pel,
             "oldest_pending_age": oldest,
             "workers": len(workers) if isinstance(workers, list) else 0,
@@ -793,6 +836,11 @@ class RedisBackend:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _same_error(error: BaseException, info: Mapping[str, Any]) -> bool:
+    kind = error.type if isinstance(error, RemoteTaskError) else type(error).__qualname__
+    return kind == info.get("type") and str(error) == str(info.get("message") or "")
 
 
 _COUNTED = tuple(TaskStatus)

@@ -88,6 +88,24 @@ class Keys:
         return self.base + "stats"
 
     @property
+    def delayed(self) -> str:
+        """ZSET due-time (wall seconds, Redis' clock) -> id of PENDING tasks waiting for a
+        planned time (``delay=``/``eta=``, a retry's backoff); PROMOTE moves the due ones to the
+        stream."""
+        return self.base + "delayed"
+
+    def key(self, key: str) -> str:
+        """String: id of the unfinished task holding idempotency key ``key`` (no TTL: deleted
+        when that task finishes)."""
+        return f"{self.base}k:{key}"
+
+    @property
+    def wake_channel(self) -> str:
+        """Pub/sub channel where a new earliest due time of ``delayed`` is published (workers
+        waiting to promote wake up early)."""
+        return self.base + "wake"
+
+    @property
     def events(self) -> str:
         """Capped Stream of task events (created/started/progress/finished) for a live console."""
         return self.base + "events"
@@ -105,4 +123,7 @@ class Keys:
             self.done_channel(task_id),
             self.events,
             self.reclaim_cursor,
+            self.delayed,
+            self.key("k"),
+            self.wake_channel,
         ]

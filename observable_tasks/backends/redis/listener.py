@@ -1,7 +1,8 @@
 """One pub/sub connection per process: cancel requests for running tasks, and task completions
 for ``wait_for_task``.
 
-The ``cancel`` channel is always subscribed (a worker cancels the task within milliseconds); a
+The ``cancel`` channel is always subscribed (a worker cancels the task within milliseconds), and
+in a process that runs tasks the ``wake`` channel (a new earliest due time of a delayed task); a
 task's ``done:<id>`` channel only while someone here waits for it. Pub/sub may drop messages
 (a reconnect, a slow reader), so waiters also re-read the record every second.
 """
@@ -27,11 +28,16 @@ class Listener:
     """Reads the process's pub/sub connection and dispatches what arrives."""
 
     def __init__(
-        self, client: aioredis.Redis, keys: Keys, on_cancel: Callable[[str], None]
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        on_cancel: Callable[[str], None],
+        on_wake: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._on_cancel = on_cancel
+        self._on_wake = on_wake
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -57,6 +63,8 @@ class Listener:
         listener replaces it, subscribing the cancel channel and the channels waited on here.
         """
         channels = [self._keys.cancel_channel]
+        if self._on_wake is not None:
+            channels.append(self._keys.wake_channel)
         channels += [self._keys.done_channel(task_id) for task_id in self._waiters]
         fresh = self._client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -90,6 +98,7 @@ class Listener:
 
     async def _read(self) -> None:
         cancel = self._keys.cancel_channel.encode()
+        wake = self._keys.wake_channel.encode()
         done_prefix = self._keys.done_channel("").encode()
         backoff = 0.05
         lost = False
@@ -118,6 +127,9 @@ class Listener:
             channel, data = message["channel"], message["data"]
             if channel == cancel:
                 self._on_cancel(data.decode() if isinstance(data, bytes) else str(data))
+            elif channel == wake:
+                if self._on_wake is not None:
+                    self._on_wake()
             elif channel.startswith(done_prefix):
                 task_id = channel[len(done_prefix) :].decode()
                 for future in self._waiters.get(task_id, ()):

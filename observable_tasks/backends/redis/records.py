@@ -8,21 +8,32 @@ lone ``traceparent``, stored as its bare value (55 bytes): a JSON object would p
 ``hash-max-listpack-value`` (64 bytes) and turn every traced record into a hash table, about
 800 bytes more per task. Times are wall-clock float seconds; ``attempts`` is the fencing token
 the scripts compare.
+
+Retries and delayed starts: ``retry`` is the producer's :class:`~observable_tasks.RetryPolicy`
+in a compact text form (:func:`encode_policy`, absent for the default policy); ``retries``
+counts the retries planned so far (the policy's attempt number of a start is ``retries + 1``);
+``runs`` counts the starts of the current retry attempt (bounded by ``max_attempts``, the
+redelivery limit for lost workers); ``next`` is the planned time of the next attempt while the
+task waits in the delayed ZSET; ``ready`` is when its latest attempt could start (its planned
+time; absent: ``created``); ``key`` its idempotency key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import TaskError
+from ...errors import TaskError, TaskTimeoutError
+from ...retry import Retry, RetryPolicy
 from ...status import TaskStatus
 from .codec import JsonSerializer, Serializer, encode_payload, encode_value
 
 __all__ = [
-    "TaskRecord", "decode_headers", "decode_record", "encode_headers", "encode_record", "error_info"
+    "NamedRetryPolicy", "TaskRecord", "decode_headers", "decode_policy", "decode_record",
+    "encode_headers", "encode_policy", "encode_record", "error_info",
 ]  # fmt: skip
 
 _JSON = JsonSerializer()
@@ -54,6 +65,68 @@ class TaskRecord:
     headers: dict[str, str] = field(default_factory=dict)
     result: Any = None
     error: dict[str, Any] | None = None
+    retry: str | None = None
+    """The retry policy (:func:`encode_policy`); ``None``: the default ``RetryPolicy()``."""
+    retries: int = 0
+    runs: int = 0
+    key: str | None = None
+    next: float | None = None
+    ready: float | None = None
+
+
+_DEFAULT_POLICY = RetryPolicy()
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedRetryPolicy(RetryPolicy):
+    """A policy read back from a record: its ``on`` classes are known by ``module.qualname``
+    only, and match an exception whose class or any base has one of those names. Nothing is
+    imported from names read out of Redis."""
+
+    names: frozenset[str] = frozenset()
+
+    def retries(self, error: BaseException) -> bool:
+        if isinstance(error, Retry):
+            return True
+        if isinstance(error, TaskTimeoutError):
+            return self.on_timeout
+        if not self.names or not isinstance(error, Exception):
+            return False
+        return any(f"{c.__module__}.{c.__qualname__}" in self.names for c in type(error).__mro__)
+
+
+def encode_policy(policy: RetryPolicy) -> str | None:
+    """``"<max_attempts> <backoff> <max_delay> <flags> <on class>..."`` (flags: ``j`` jitter,
+    ``t`` on_timeout, ``-`` neither), short enough to keep the record a listpack; ``None``
+    for the default policy (the field is left out)."""
+    if policy == _DEFAULT_POLICY and type(policy) is RetryPolicy:
+        return None
+    flags = ("j" if policy.jitter else "") + ("t" if policy.on_timeout else "") or "-"
+    names = sorted(
+        policy.names
+        if isinstance(policy, NamedRetryPolicy)
+        else {f"{c.__module__}.{c.__qualname__}" for c in policy.on}
+    )
+    head = [str(policy.max_attempts), repr(policy.backoff), repr(policy.max_delay), flags]
+    return " ".join(head + names)
+
+
+def decode_policy(spec: str | bytes | None) -> RetryPolicy:
+    """The policy of :func:`encode_policy` (``ValueError`` for a malformed one)."""
+    if not spec:
+        return _DEFAULT_POLICY
+    text = spec.decode() if isinstance(spec, bytes) else spec
+    parts = text.split()
+    if len(parts) < 4:
+        raise ValueError(f"not a retry policy: {text[:80]!r}")
+    return NamedRetryPolicy(
+        max_attempts=int(parts[0]),
+        backoff=float(parts[1]),
+        max_delay=float(parts[2]),
+        jitter="j" in parts[3],
+        on_timeout="t" in parts[3],
+        names=frozenset(parts[4:]),
+    )
 
 
 def encode_headers(headers: Mapping[str, str]) -> str:
@@ -110,6 +183,17 @@ def encode_record(record: TaskRecord, serializer: Serializer | None = None) -> d
         out["result"] = encode_value(record.result, ser, f"the result of {what}")
     if record.error is not None:
         out["error"] = encode_value(record.error, _JSON, f"the error of {what}")
+    for name in ("retry", "key"):
+        value = getattr(record, name)
+        if value is not None:
+            out[name] = value.encode()
+    for name in ("retries", "runs"):
+        if getattr(record, name):
+            out[name] = str(getattr(record, name)).encode()
+    for name in ("next", "ready"):
+        value = getattr(record, name)
+        if value is not None:
+            out[name] = _num(value).encode()
     return out
 
 
@@ -162,6 +246,12 @@ def decode_record(
         headers=decode_headers(f.get("headers")),
         result=ser.loads(f["result"]) if "result" in f else None,
         error=_JSON.loads(f["error"]) if "error" in f else None,
+        retry=text("retry"),
+        retries=int(f.get("retries", b"0")),
+        runs=int(f.get("runs", b"0")),
+        key=text("key"),
+        next=num("next"),
+        ready=num("ready"),
     )
 
 

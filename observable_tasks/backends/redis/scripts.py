@@ -22,11 +22,13 @@ from .keys import GROUP, Keys
 from .records import decode_headers
 
 __all__ = [
-    "SCRIPT_NAMES", "Batch", "Claimed", "Coalescer", "Renewed", "Scripts", "script_source"
+    "SCRIPT_NAMES", "Batch", "Claimed", "Coalescer", "Enqueued", "Promoted", "Renewed", "Scripts",
+    "script_source",
 ]  # fmt: skip
 
 SCRIPT_NAMES = (
-    "enqueue", "claim", "start", "progress", "finish", "cancel", "renew", "release", "sweep"
+    "enqueue", "claim", "start", "progress", "finish", "retry", "promote", "cancel", "renew",
+    "release", "sweep",
 )  # fmt: skip
 
 FieldValue = bytes | str | int | float
@@ -57,11 +59,19 @@ class Claimed:
     created: float | None
     name: str
     msg: str
+    retry: str | None = None
+    """The task's retry policy (``records.encode_policy``; None: the default one)."""
+    retries: int = 0
+    """Retries planned before this start: its attempt number for the policy is ``retries + 1``."""
+    key: str | None = None
+    ready: float | None = None
+    """When this attempt could start (its planned time), if it was planned."""
 
     @classmethod
     def _from_reply(cls, row: Sequence[Any]) -> Claimed:
-        # row: id, attempt, func, payload, timeout, headers, created, name, msg (nil -> None)
-        row = list(row) + [None] * (9 - len(row))
+        # row: id, attempt, func, payload, timeout, headers, created, name, msg, retry,
+        # retries, key, ready (nil -> None)
+        row = list(row) + [None] * (13 - len(row))
         timeout = _s(row[4]) if row[4] is not None else ""
         return cls(
             id=_s(row[0]),
@@ -73,7 +83,33 @@ class Claimed:
             created=float(row[6]) if row[6] else None,
             name=_s(row[7]) if row[7] is not None else "",
             msg=_s(row[8]) if row[8] is not None else "",
+            retry=_s(row[9]) if row[9] is not None else None,
+            retries=int(row[10] or 0),
+            key=_s(row[11]) if row[11] is not None else None,
+            ready=float(row[12]) if row[12] else None,
         )
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What ENQUEUE did: ``queued`` (``msg``: its stream entry), ``delayed`` (``due``: when it
+    may start, Redis' clock), ``held`` (``holder``: the unfinished task holding the key; nothing
+    was written), ``exists`` (a task with this id exists)."""
+
+    outcome: str
+    msg: str | None = None
+    due: float | None = None
+    holder: str | None = None
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """What PROMOTE did: ``count`` tasks queued; ``now`` Redis' clock; ``next_due`` the earliest
+    due time still waiting (None: none)."""
+
+    count: int
+    now: float
+    next_due: float | None
 
 
 @dataclass(frozen=True)
@@ -240,13 +276,41 @@ class Scripts:
 
     async def enqueue(self, task_id: str, fields: Mapping[str, FieldValue]) -> str | None:
         """Store a new PENDING task and queue it; its stream entry id, or None if the id exists."""
-        args: list[FieldValue] = [self._p, task_id, self.events_maxlen]
+        return (await self.submit(task_id, fields)).msg
+
+    async def submit(
+        self,
+        task_id: str,
+        fields: Mapping[str, FieldValue],
+        *,
+        delay: float = 0.0,
+        key: str | None = None,
+    ) -> Enqueued:
+        """Store a new PENDING task: queued now, or after ``delay`` seconds (delayed ZSET); with
+        ``key``, only if no unfinished task holds that key (atomically, across processes)."""
+        args: list[FieldValue] = [
+            self._p, task_id, self.events_maxlen, f"{max(0.0, delay):.6f}", key or ""
+        ]  # fmt: skip
         for name, value in fields.items():
-            if name not in ("id", "status", "attempts", "msg"):
+            if name not in ("id", "status", "attempts", "msg", "key", "next", "ready"):
                 args += [name, value]
         k = self.keys
-        msg = await self._coalesced("enqueue", [k.stream, k.task(task_id), k.idx], args)
-        return None if msg is None else _s(msg)
+        keys = [k.stream, k.task(task_id), k.idx, k.delayed, k.key(key) if key else k.task(task_id)]
+        reply = await self._coalesced("enqueue", keys, args)
+        if not reply:
+            return Enqueued("exists")
+        outcome, value = _s(reply[0]), _s(reply[1])
+        if outcome == "queued":
+            return Enqueued(outcome, msg=value)
+        if outcome == "delayed":
+            return Enqueued(outcome, due=float(value))
+        return Enqueued(outcome, holder=value)
+
+    async def promote(self, *, count: int = 500) -> Promoted:
+        """Queue the delayed tasks that are due (atomic: safe with any number of workers)."""
+        k = self.keys
+        n, now, first = await self._run("promote", [k.delayed, k.stream], [self._p, count])
+        return Promoted(int(n), float(now), float(first) if first else None)
 
     async def claim(self, worker: str, *, count: int, lease_ms: int) -> Batch:
         """Without blocking: up to ``count`` tasks, reclaimed (idle > lease) first, then new."""
@@ -313,6 +377,23 @@ class Scripts:
             self.max_history, self.events_maxlen,
         ]  # fmt: skip
         return bool(await self._coalesced("finish", [k.task(task_id), k.stream, k.done], args))
+
+    async def retry(
+        self, task_id: str, attempt: int, worker: str, *, wait: float, error: bytes
+    ) -> tuple[str, float | None] | None:
+        """Plan another attempt in ``wait`` seconds (fenced): ``("retrying", due)``,
+        ``("cancelled", None)`` when a cancel was requested meanwhile, None when refused."""
+        k = self.keys
+        args: list[FieldValue] = [
+            self._p, task_id, attempt, worker, f"{max(0.0, wait):.6f}", error,
+            self.max_history, self.events_maxlen,
+        ]  # fmt: skip
+        reply = await self._coalesced("retry", [k.task(task_id), k.delayed, k.stream], args)
+        if not reply:
+            return None
+        if _s(reply[0]) == "retrying":
+            return "retrying", float(reply[1])
+        return "cancelled", None
 
     async def cancel(self, task_id: str) -> str | None:
         """``"cancelled"`` (was pending), ``"running"`` (owner told), None (finished/unknown)."""

@@ -30,10 +30,11 @@ from ...current import current_var
 from ...invocation import CallShape, check_call, function_name
 from ...job import _NO_KWARGS, _Job
 from ...middleware import build_chain, outcome_status
+from ...retry import RetryPolicy
 from ...status import TaskStatus
 from ...task import Task
 from .codec import FunctionNotAllowedError, SerializationError, encode_value
-from .records import error_info
+from .records import decode_policy, error_info
 from .scripts import Claimed
 
 if TYPE_CHECKING:
@@ -47,14 +48,20 @@ _HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
 
 
 class _RemoteJob(_Job):
-    """A claimed task's execution state: the attempt number fences every write."""
+    """A claimed task's execution state: the attempt number fences every write; ``number`` is
+    the attempt's number for its retry policy (redeliveries after a lost worker excluded)."""
 
-    __slots__ = ("attempt", "finishing", "lost", "released")
+    __slots__ = ("attempt", "finishing", "lost", "number", "released")
 
     attempt: int
     finishing: bool
     lost: bool
+    number: int
     released: bool
+
+
+_NO_RETRY = RetryPolicy(max_attempts=1)
+_PROMOTE_EVERY = 1.0  # seconds: the longest a worker sleeps between two promotes
 
 
 def _raising(error: BaseException) -> Callable[[], Awaitable[Any]]:
@@ -85,6 +92,8 @@ class Worker:
         self._chain: tuple[int, Callable[[Task], Awaitable[Any]]] | None = None
         self._loop = asyncio.get_running_loop()
         self._outage_logged = False
+        self._promoting: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     @property
     def scripts(self) -> Any:
@@ -106,11 +115,14 @@ class Worker:
             )  # fmt: skip
         self._claiming = self._loop.create_task(self._claim_loop())
         self._renewing = self._loop.create_task(self._renew_loop())
+        self._promoting = self._loop.create_task(self._promote_loop())
 
     async def stop(self, timeout: float) -> None:
         """Stop claiming, let running tasks finish up to ``timeout``, hand the rest back."""
         self._stopping = True
         self._free.set()
+        if self._promoting is not None:
+            self._promoting.cancel()
         if self._claiming is not None:
             # Also interrupts a blocking read: an entry it was being handed stays pending for
             # this worker and is taken over by another one after the lease (at-least-once).
@@ -244,10 +256,25 @@ class Worker:
         task.attempts = claimed.attempt
         if claimed.headers:
             task._headers = dict(claimed.headers)
-        job = _RemoteJob(task, func, args, kwargs, shape, manager.config.retry)
+        try:
+            policy = decode_policy(claimed.retry)  # the producer's policy, not our config's
+        except ValueError:
+            logger.warning(
+                "observable_tasks: task %s has an unreadable retry policy %r; it is not retried",
+                claimed.id, claimed.retry,
+            )  # fmt: skip
+            policy = _NO_RETRY
+        task.max_attempts = policy.max_attempts
+        task.key = claimed.key
+        task.error = task.result = None
+        task._next_wall = None
+        task._mono_ready = claimed.ready
+        task._mono_finished = None
+        job = _RemoteJob(task, func, args, kwargs, shape, policy)
         job.attempt, job.lost, job.released = claimed.attempt, False, False
+        job.number = claimed.retries + 1
         job.finishing = False
-        if claimed.attempt > 1:  # a hand-back at shutdown keeps the number: this is a redelivery
+        if claimed.attempt > job.number:  # a redelivery (a hand-back at shutdown is none)
             logger.warning(
                 "observable_tasks: task %s runs again here: attempt %d (the worker of an earlier "
                 "attempt was lost or its lease expired)",
@@ -321,10 +348,17 @@ class Worker:
                 )
             except SerializationError as exc:
                 status, error = TaskStatus.FAILED, exc
+        wait: float | None = None
         if status is TaskStatus.FAILED or status is TaskStatus.TIMEOUT:
             assert error is not None
             error_bytes = json.dumps(error_info(error)).encode()
+            wait = job.policy.plan(job.number, error)
         job.finishing = True  # a progress write refused from now on is no lost lease
+        if wait is not None:
+            assert error is not None
+            assert error_bytes is not None
+            await self._record_retry(job, error, error_bytes, wait)
+            return
         write = self._loop.create_task(self._settle(job, status, result_bytes, error_bytes))
         try:
             accepted = await asyncio.shield(write)
@@ -339,11 +373,46 @@ class Worker:
                 task.error = error
             task.status = status
 
-    async def _settle(
-        self, job: _RemoteJob, status: TaskStatus, result: bytes | None, error: bytes | None
-    ) -> bool:
-        """The task's last progress, then its outcome: FINISH ends the fenced writes, so a
-        progress write still queued or in flight after it would be refused and lost."""
+    async def _record_retry(
+        self, job: _RemoteJob, error: BaseException, error_bytes: bytes, wait: float
+    ) -> None:
+        """The attempt failed and its policy plans another in ``wait`` seconds: RETRY puts the
+        task back to PENDING in the delayed ZSET. Before the exception reaches the middleware
+        the task is PENDING, with this attempt's error and ``next_attempt_at`` set (telemetry
+        tells a retry from an outcome by that); CANCELLED if a cancel came meanwhile."""
+        task = job.task
+        write = self._loop.create_task(self._write_retry(job, error_bytes, wait))
+        try:
+            answer = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait({write}, timeout=5.0)
+            raise
+        if answer is None:
+            return  # refused or not recorded: another worker runs it (lease), as for FINISH
+        outcome, due = answer
+        if outcome == "retrying":
+            task.error = error
+            task._next_wall = due
+            task.status = TaskStatus.PENDING
+            self._wake.set()  # this worker's promoter: the due time may be its earliest
+        else:
+            task._mono_finished = time.time()
+            task.status = TaskStatus.CANCELLED
+
+    async def _write_retry(
+        self, job: _RemoteJob, error: bytes, wait: float
+    ) -> tuple[str, float | None] | None:
+        async def retry() -> tuple[str, float | None] | None:
+            answer: tuple[str, float | None] | None = await self.scripts.retry(
+                job.task.id, job.attempt, self.id, wait=wait, error=error
+            )
+            return answer
+
+        await self._last_progress(job)
+        answer: tuple[str, float | None] | None = await self._fenced(job, retry, None)
+        return answer
+
+    async def _last_progress(self, job: _RemoteJob) -> None:
         task_id = job.task.id
         flusher = self._flusher
         if task_id in self._flushing and flusher is not None and not flusher.done():
@@ -352,18 +421,18 @@ class Worker:
         if progress is not None:
             with contextlib.suppress(RedisError):
                 await self.scripts.progress(task_id, job.attempt, self.id, progress)
-        return await self._finish(job, status, result, error)
 
-    async def _finish(
-        self, job: _RemoteJob, status: TaskStatus, result: bytes | None, error: bytes | None
-    ) -> bool:
+    async def _fenced(
+        self, job: _RemoteJob, write: Callable[[], Awaitable[Any]], refused: Any
+    ) -> Any:
+        """``write()`` retried through Redis errors for up to a lease; ``refused`` when it
+        could not be written (the task runs again elsewhere after its lease) or was refused
+        (another worker owns it now)."""
         deadline = time.monotonic() + self.backend.lease
         backoff = 0.05
         while True:
             try:
-                accepted: bool = await self.scripts.finish(
-                    job.task.id, job.attempt, self.id, status, result=result, error=error
-                )
+                answer = await write()
             except RedisError as exc:
                 if time.monotonic() > deadline:
                     logger.warning(
@@ -371,16 +440,62 @@ class Worker:
                         "it will run again elsewhere after its lease",
                         job.task.id, exc,
                     )  # fmt: skip
-                    return False
+                    return refused
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
-            if not accepted:
+            if not answer:
                 logger.warning(
                     "observable_tasks: outcome of task %s refused: another worker owns it now",
                     job.task.id,
                 )
+                return refused
+            return answer
+
+    async def _settle(
+        self, job: _RemoteJob, status: TaskStatus, result: bytes | None, error: bytes | None
+    ) -> bool:
+        """The task's last progress, then its outcome: FINISH ends the fenced writes, so a
+        progress write still queued or in flight after it would be refused and lost."""
+
+        async def finish() -> bool:
+            accepted: bool = await self.scripts.finish(
+                job.task.id, job.attempt, self.id, status, result=result, error=error
+            )
             return accepted
+
+        await self._last_progress(job)
+        return bool(await self._fenced(job, finish, False))
+
+    # -- delayed tasks ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A delayed task got an earlier due time (pub/sub ``wake``): promote now, then sleep
+        until the new earliest one."""
+        self._wake.set()
+
+    async def _promote_loop(self) -> None:
+        """PROMOTE due delayed tasks, then sleep until the earliest due time left (Redis'
+        clock), at most :data:`_PROMOTE_EVERY`; woken early by :meth:`wake`. Every worker runs
+        one: PROMOTE is atomic, so a due task is queued once whoever gets there first."""
+        backoff = 0.05
+        while True:
+            self._wake.clear()
+            try:
+                promoted = await self.scripts.promote(count=500)
+            except RedisError:
+                await asyncio.sleep(backoff)  # the claim loop reports the outage
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            if promoted.count >= 500:
+                continue  # more are due
+            sleep = _PROMOTE_EVERY
+            if promoted.next_due is not None:
+                sleep = min(sleep, max(0.0, promoted.next_due - promoted.now))
+            if sleep > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), sleep)
 
     # -- leases and progress ------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 -- CANCEL a task. Pending: CANCELLED at once (its entry XACK+XDEL'd, so no worker starts it;
--- START also skips an entry already read). Running: set the `cancel` flag and PUBLISH the id
--- on the cancel channel (the owner cancels it and FINISHes it as CANCELLED; renew/progress
--- report the flag too, should the message be missed).
+-- START also skips an entry already read; one waiting in the delayed ZSET, to start or to
+-- retry, is removed from it by terminate(), so it never runs again). Running: set the
+-- `cancel` flag and PUBLISH the id on the cancel channel (the owner cancels it and FINISHes
+-- it as CANCELLED; renew/progress report the flag too, should the message be missed).
 -- KEYS: 1 task hash. ARGV: P, id, max_history, events_maxlen.
 -- Returns 'cancelled', 'running', or 0 (finished or unknown).
 local P, id = ARGV[1], ARGV[2]
