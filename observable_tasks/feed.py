@@ -19,8 +19,9 @@ from observable_tasks.task import Task
 
 __all__ = ["EVENT_KINDS", "EventHub", "Subscription", "TaskEvent"]
 
-EVENT_KINDS = ("created", "started", "progress", "finished")
-"""The kinds of :class:`TaskEvent`."""
+EVENT_KINDS = ("created", "started", "progress", "retrying", "finished")
+"""The kinds of :class:`TaskEvent` (``retrying``: an attempt failed and the task is PENDING
+until its next attempt)."""
 
 
 @dataclass

@@ -407,6 +407,8 @@ class TaskManager(MemoryScheduler):
         fn = shape.name
         task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, self._clock())
         task.max_attempts = policy.max_attempts
+        if wait > 0.0:
+            task._next_wall = wall + wait
         # No keywords (the usual case): the shared empty dict, so the call's own is freed now.
         job = _Job(task, func, args, kwargs or _NO_KWARGS, shape, policy)
         task_id = task.id
@@ -430,7 +432,6 @@ class TaskManager(MemoryScheduler):
         if self._hub.subscribers:
             self._hub.publish("created", task)
         if wait > 0.0:
-            task._next_wall = wall + wait
             if in_loop:
                 self._plan(job, wait)
             else:

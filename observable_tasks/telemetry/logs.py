@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import sys
+import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
@@ -19,8 +20,15 @@ from opentelemetry import trace
 from structlog.tracebacks import ExceptionDictTransformer
 
 from observable_tasks.errors import TaskTimeoutError
+from observable_tasks.status import TaskStatus
 from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
-from observable_tasks.telemetry.names import LOG_EVENTS, LOG_FIELDS, RELEASED, STATUS_LABELS
+from observable_tasks.telemetry.names import (
+    LOG_EVENTS,
+    LOG_FIELDS,
+    RELEASED,
+    RETRYING,
+    STATUS_LABELS,
+)
 from observable_tasks.telemetry.pipeline import AttemptAbandoned, TelemetryPart
 
 if TYPE_CHECKING:
@@ -32,6 +40,7 @@ _F = LOG_FIELDS
 _get_running_loop = asyncio.events._get_running_loop  # None outside a loop, no exception
 # Module constants: compared per log line (attribute lookups on the logging module are not free).
 _DEBUG, _INFO, _WARNING, _ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+_PENDING = TaskStatus.PENDING
 
 
 class TaskLogger(TelemetryPart):
@@ -93,9 +102,12 @@ class TaskLogger(TelemetryPart):
 
     def on_created(self, task: Task) -> None:
         if self._level <= _INFO:
-            self._log.info(
-                LOG_EVENTS["created"], **self._fields_outside(task), timeout_s=task.timeout
-            )
+            fields = self._fields_outside(task)
+            if task._next_wall is not None:  # delay=/eta=: when it may start
+                fields[_F.DELAY] = round(max(0.0, task._next_wall - task._wall_created), 3)
+            if task.key is not None:
+                fields[_F.KEY] = task.key
+            self._log.info(LOG_EVENTS["created"], **fields, timeout_s=task.timeout)
 
     def observes(self, hook: str) -> bool:
         if hook == "on_evicted":
@@ -172,6 +184,8 @@ class TaskLogger(TelemetryPart):
         fields[_F.FUNCTION] = task.function
         if valid:
             fields[_F.SPAN_ID] = format(ctx.span_id, "016x")
+        if task.attempts > 1:
+            fields[_F.ATTEMPT] = task.attempts  # a retry (a first attempt is not worth a field)
         if self._level <= _INFO:
             self._log.info(
                 LOG_EVENTS["started"], **fields, status="running", queue_wait_s=task.queue_wait
@@ -195,6 +209,9 @@ class TaskLogger(TelemetryPart):
                 self._log.info(
                     LOG_EVENTS["completed"], **fields, status="completed", duration_s=elapsed
                 )
+        elif task.status is _PENDING:  # failed, and another attempt is planned
+            if level <= _WARNING:
+                self._retrying(task, fields, error, elapsed)
         elif isinstance(error, TaskTimeoutError):
             if level <= _WARNING:
                 self._log.warning(
@@ -212,6 +229,21 @@ class TaskLogger(TelemetryPart):
                 LOG_EVENTS["failed"], **fields, status="failed", duration_s=elapsed,
                 error_type=error_type(error), error=str(error), exc_info=error,
             )  # fmt: skip
+
+    def _retrying(
+        self, task: Task, fields: dict[str, Any], error: BaseException, elapsed: float
+    ) -> None:
+        fields[_F.ATTEMPT] = task.attempts
+        delay: float | None = None
+        next_at = task.next_attempt_at
+        if task._next_wall is not None:
+            delay = round(max(0.0, task._next_wall - time.time()), 3)
+        self._log.warning(
+            LOG_EVENTS["retrying"], **fields, status=RETRYING, duration_s=elapsed,
+            max_attempts=task.max_attempts, delay_s=delay,
+            next_attempt_at=next_at.isoformat() if next_at else None,
+            error_type=error_type(error), error=str(error),
+        )  # fmt: skip
 
 
 def add_trace_context(

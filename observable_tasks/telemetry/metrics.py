@@ -44,6 +44,7 @@ __all__ = ["TaskMetrics", "LabelLimiter", "is_multiprocess", "queue_collectors"]
 # Label values as plain strings: an enum's .value is a Python-level descriptor, paid per task.
 _COMPLETED = names.STATUS_LABELS[TaskStatus.COMPLETED.value]
 _CANCELLED = names.STATUS_LABELS[TaskStatus.CANCELLED.value]
+_PENDING = TaskStatus.PENDING
 _ABANDONED_HELP = "Threads still running sync functions whose tasks timed out or were cancelled."
 
 
@@ -147,6 +148,12 @@ class _Families:
             [names.LABEL_TASK],
             registry=reg,
             multiprocess_mode="mostrecent",
+        )
+        self.retries = Counter(
+            n(names.TASK_RETRIES),
+            "Attempts that failed and were planned to run again.",
+            [names.LABEL_TASK],
+            registry=reg,
         )
         self.telemetry_errors = Counter(
             n(names.TELEMETRY_ERRORS),
@@ -258,6 +265,7 @@ class _Bound:
         "pending",
         "queue_wait",
         "queue_wait_labels",
+        "retries",
         "running",
     )  # fmt: skip
 
@@ -271,6 +279,7 @@ class _Bound:
         self.created = families.created.labels(label)
         self.queue_wait = families.queue_wait.labels(label)
         self.last_success = families.last_success.labels(label)
+        self.retries = families.retries.labels(label)
         # Pre-create every status so rate() sees 0 -> 1 instead of a series appearing at 1.
         self.finished = {s: families.finished.labels(label, s) for s in names.FINISHED_STATUSES}
         self.duration = {s: families.duration.labels(label, s) for s in names.FINISHED_STATUSES}
@@ -421,6 +430,11 @@ class TaskMetrics(TelemetryPart):
             status = _COMPLETED
             bound.finished[_COMPLETED].inc()
             bound.last_success.set(time.time())
+        elif task.status is _PENDING:  # the attempt failed and another is planned: no outcome
+            bound.retries.inc()
+            if bound.pending is not None:
+                bound.pending.inc()
+            return
         elif isinstance(error, AttemptAbandoned):
             return  # no outcome (released, or taken over by another worker): nothing to count
         else:

@@ -41,6 +41,7 @@ __all__ = [
     "FINISHED_STATUSES",
     "STATUS_LABELS",
     "RELEASED",
+    "RETRYING",
     "metric_name",
     "exported_names",
     "DURATION_BUCKETS",
@@ -154,6 +155,9 @@ STATUS_LABELS: dict[str, str] = {
 RELEASED = "released"
 """Status attribute/field of an attempt that ended without an outcome (Redis backend: handed
 back to the queue at shutdown, or taken over by another worker after its lease)."""
+
+RETRYING = "retrying"
+"""Status attribute of an attempt that failed and will run again (the task is PENDING)."""
 
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

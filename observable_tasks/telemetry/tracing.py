@@ -9,6 +9,7 @@ function runs*: spans the user opens inside the task nest under it.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -22,6 +23,7 @@ from observable_tasks.telemetry.names import (
     ATTR,
     INSTRUMENTATION_NAME,
     RELEASED,
+    RETRYING,
     SPAN_PROCESS,
     SPAN_SEND,
     STATUS_LABELS,
@@ -84,6 +86,8 @@ class TaskTracer(TelemetryPart):
         attributes[ATTR.TASK_NAME] = task.name
         if task.timeout is not None:
             attributes[ATTR.TASK_TIMEOUT] = task.timeout
+        if task.key is not None:
+            attributes[ATTR.TASK_KEY] = task.key
         span = self._tracer.start_span(
             static.send_name, kind=SpanKind.PRODUCER, attributes=attributes
         )
@@ -104,7 +108,8 @@ class TaskTracer(TelemetryPart):
         wait = task.queue_wait
         if wait is not None:
             attributes[ATTR.TASK_QUEUE_WAIT] = wait
-        attributes[ATTR.TASK_ATTEMPT] = task.attempts  # a redelivery is a new span, same trace
+        attributes[ATTR.TASK_ATTEMPT] = task.attempts  # each attempt is a span, same trace
+        attributes[ATTR.TASK_MAX_ATTEMPTS] = task.max_attempts
         span = self._tracer.start_span(
             static.process_name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         )
@@ -127,11 +132,22 @@ class TaskTracer(TelemetryPart):
         try:
             otel_context.detach(token)  # type: ignore[arg-type]
         finally:
-            self._close(span, error)
+            self._close(task, span, error)
 
-    def _close(self, span: trace.Span, error: BaseException | None) -> None:
+    def _close(self, task: Task, span: trace.Span, error: BaseException | None) -> None:
         # Bookkeeping after the outcome is known: the span must end whatever happens here.
         try:
+            if error is not None and task.status is TaskStatus.PENDING:
+                # The attempt failed and another is planned: an error of this span, not the
+                # task's outcome (the next attempt's span comes in the same trace).
+                span.set_attribute(ATTR.TASK_STATUS, RETRYING)
+                span.set_attribute(ATTR.ERROR_TYPE, error_type(error))
+                if task._next_wall is not None:
+                    delay = max(0.0, task._next_wall - time.time())
+                    span.set_attribute(ATTR.TASK_RETRY_DELAY, round(delay, 6))
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                return
             if isinstance(error, AttemptAbandoned):
                 # Not an outcome: the attempt went back to the queue or to another worker.
                 span.set_attribute(ATTR.TASK_STATUS, RELEASED)
