@@ -283,12 +283,20 @@ class TaskManager(MemoryScheduler):
         Raises ``TypeError`` for a non-callable, a coroutine object or arguments that do not
         fit ``func``, ``ValueError`` for a bad timeout, delay, eta or key, and
         :class:`TaskManagerClosedError` during shutdown. On Redis the record is written in the
-        background (a failure is logged); ``await create_task`` to learn of it.
+        background (a failure is logged); ``await create_task`` to learn of it. ``key`` is
+        refused there (``ValueError``): only ``await create_task(..., key=...)`` can return the
+        task holding it.
         """
         plan = None
         if retry is not None or delay is not None or eta is not None or key is not None:
             plan = (retry, delay, eta, key)
         if self._remote is not None:
+            if key is not None:  # the holder is only known once Redis answered
+                raise ValueError(
+                    "submit(key=...) cannot return the task holding the key on the Redis "
+                    "backend (Redis decides, across processes); use "
+                    "'await manager.create_task(..., key=...)'"
+                )
             return self._submit_remote(func, args, kwargs, name, timeout, plan).value
         return self._submit(func, args, kwargs, name, timeout, plan)
 

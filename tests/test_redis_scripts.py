@@ -524,3 +524,162 @@ def test_headers_round_trip() -> None:
         assert decode_headers(encode_headers(headers)) == headers
     assert decode_headers(None) == {}
     assert decode_headers(b'{"a":"b"}') == {"a": "b"}  # records written before: JSON
+
+
+# -- retries, delayed starts, keys ------------------------------------------------------------
+
+
+def _error(message: str) -> bytes:
+    return JSON.dumps(error_info(ConnectionError(message)))
+
+
+async def test_a_delayed_task_waits_in_the_zset_until_promote_finds_it_due(
+    r: aioredis.Redis, scripts: Scripts
+) -> None:
+    fields = encode_record(TaskRecord(id="t1", func="m:f"))
+    done = await scripts.submit("t1", fields, delay=0.2)
+    assert done.outcome == "delayed"
+    assert done.due is not None
+    rec = await record(r, "t1")
+    assert (rec.status, rec.msg, rec.next, rec.ready) == (
+        TaskStatus.PENDING, None, done.due, done.due
+    )  # fmt: skip
+    assert await r.xlen(K.stream) == 0
+    assert await r.zscore(K.delayed, "t1") == pytest.approx(done.due)
+    early = await scripts.promote()
+    assert early.count == 0
+    assert early.next_due == pytest.approx(done.due)
+    assert (await scripts.claim("w1", count=5, lease_ms=30_000)).started == []
+    await asyncio.sleep(max(0.0, done.due - early.now) + 0.01)
+    promoted = await scripts.promote()
+    assert (promoted.count, promoted.next_due) == (1, None)
+    assert await scripts.promote() == type(promoted)(0, pytest.approx(time.time(), abs=5), None)
+    (c,) = (await scripts.claim("w1", count=5, lease_ms=30_000)).started
+    assert (c.id, c.attempt, c.retries, c.ready) == ("t1", 1, 0, pytest.approx(done.due))
+    rec = await record(r, "t1")
+    assert rec.next is None
+    assert rec.status is TaskStatus.RUNNING
+
+
+async def test_retry_is_fenced_and_parks_the_task_with_its_error(
+    r: aioredis.Redis, scripts: Scripts
+) -> None:
+    await add(scripts, "t1", retry="3 0.05 60.0 - builtins.ConnectionError")
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
+    assert c.retry == "3 0.05 60.0 - builtins.ConnectionError"
+    assert await scripts.retry("t1", c.attempt, "w2", wait=1.0, error=_error("x")) is None
+    outcome, due = await scripts.retry("t1", c.attempt, "w1", wait=30.0, error=_error("lost"))  # type: ignore[misc]
+    assert outcome == "retrying"
+    assert due is not None
+    assert due > time.time() + 25
+    rec = await record(r, "t1")
+    assert (rec.status, rec.attempts, rec.retries, rec.runs, rec.worker, rec.msg) == (
+        TaskStatus.PENDING, 1, 1, 0, None, None
+    )  # fmt: skip
+    assert rec.error is not None
+    assert rec.error["message"] == "lost"
+    assert rec.next == pytest.approx(due)
+    assert await r.xlen(K.stream) == 0  # the entry was XACK+XDEL'd
+    assert not await scripts.finish("t1", c.attempt, "w1", TaskStatus.COMPLETED)  # fenced
+    kinds = [f[b"event"] for _, f in await r.xrange(K.events)]
+    assert kinds == [b"created", b"started", b"retrying"]
+    # A wait of 0 queues it at once; the next start is attempt 2, retry number 1.
+    await r.zadd(K.delayed, {"t1": 0})  # due now
+    assert (await scripts.promote()).count == 1
+    (c2,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
+    assert (c2.attempt, c2.retries) == (2, 1)
+    rec = await record(r, "t1")
+    assert rec.error is None
+    assert rec.next is None
+    answer = await scripts.retry("t1", 2, "w1", wait=0.0, error=_error("again"))
+    assert answer is not None
+    assert answer[0] == "retrying"
+    (c3,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
+    assert (c3.attempt, c3.retries) == (3, 2)
+
+
+async def test_a_cancel_requested_during_the_attempt_wins_over_its_retry(
+    r: aioredis.Redis, scripts: Scripts
+) -> None:
+    await add(scripts, "t1", key="k")
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
+    assert await scripts.cancel("t1") == "running"
+    assert await scripts.retry("t1", c.attempt, "w1", wait=0.0, error=_error("x")) == (
+        "cancelled", None
+    )  # fmt: skip
+    assert (await record(r, "t1")).status is TaskStatus.CANCELLED
+    assert await r.zcard(K.delayed) == 0
+    assert await r.xlen(K.stream) == 0
+
+
+async def test_cancel_removes_a_waiting_task_from_the_zset(
+    r: aioredis.Redis, scripts: Scripts
+) -> None:
+    await scripts.submit("t1", encode_record(TaskRecord(id="t1", func="m:f")), delay=0.05)
+    assert await scripts.cancel("t1") == "cancelled"
+    await asyncio.sleep(0.06)
+    assert (await scripts.promote()).count == 0
+    assert (await scripts.claim("w1", count=1, lease_ms=30_000)).started == []
+    rec = await record(r, "t1")
+    assert rec.status is TaskStatus.CANCELLED
+    assert rec.next is None
+    assert await r.zcard(K.delayed) == 0
+
+
+async def test_redeliveries_are_bounded_per_retry_attempt(
+    r: aioredis.Redis, scripts: Scripts
+) -> None:
+    """``max_attempts`` of the record (lost workers) counts the starts of one retry attempt
+    (``runs``): retries do not use it up, and a retry attempt gets the whole budget again."""
+    await add(scripts, "t1", max_attempts=2)
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=50)).started
+    await asyncio.sleep(0.08)  # w1 lost: redelivered once (runs 2 of 2)
+    (c,) = (await scripts.claim("w2", count=1, lease_ms=50)).started
+    assert c.attempt == 2
+    assert await scripts.retry("t1", 2, "w2", wait=0.0, error=_error("x")) is not None
+    (c,) = (await scripts.claim("w2", count=1, lease_ms=50)).started  # runs 1 again
+    assert (c.attempt, c.retries) == (3, 1)
+    await asyncio.sleep(0.08)
+    (c,) = (await scripts.claim("w3", count=1, lease_ms=50)).started  # runs 2
+    assert c.attempt == 4
+    await asyncio.sleep(0.08)
+    batch = await scripts.claim("w4", count=1, lease_ms=50)  # runs 3 > 2: worker lost
+    assert batch.ended == [("t1", TaskStatus.FAILED)]
+    rec = await record(r, "t1")
+    assert rec.error is not None
+    assert rec.error["code"] == "WORKER_LOST"
+    assert rec.error["details"]["attempts"] == 2
+
+
+async def test_a_key_is_held_until_its_task_finishes(r: aioredis.Redis, scripts: Scripts) -> None:
+    def fields(task_id: str) -> Any:
+        return encode_record(TaskRecord(id=task_id, func="m:f"))
+
+    assert (await scripts.submit("t1", fields("t1"), key="order-42")).outcome == "queued"
+    held = await scripts.submit("t2", fields("t2"), key="order-42", delay=5)
+    assert (held.outcome, held.holder) == ("held", "t1")
+    assert await r.exists(K.task("t2")) == 0  # nothing was written
+    assert await r.get(K.key("order-42")) == b"t1"
+    assert (await record(r, "t1")).key == "order-42"
+    (c,) = (await scripts.claim("w1", count=1, lease_ms=30_000)).started
+    assert c.key == "order-42"
+    assert await scripts.finish("t1", c.attempt, "w1", TaskStatus.COMPLETED)
+    assert await r.exists(K.key("order-42")) == 0  # released: no TTL to outlive the task
+    # Free again; released by CANCEL and by "worker lost" too.
+    assert (await scripts.submit("t3", fields("t3"), key="order-42", delay=5)).outcome == "delayed"
+    assert (await scripts.submit("t4", fields("t4"), key="order-42")).holder == "t3"
+    assert await scripts.cancel("t3") == "cancelled"
+    assert (await scripts.submit("t5", fields("t5"), key="order-42")).outcome == "queued"
+    await r.hset(K.task("t5"), "max_attempts", 1)
+    await scripts.claim("w1", count=1, lease_ms=50)
+    await asyncio.sleep(0.08)
+    assert (await scripts.claim("w2", count=1, lease_ms=50)).ended == [("t5", TaskStatus.FAILED)]
+    assert await r.exists(K.key("order-42")) == 0
+    # A stale key record (its task gone) does not block the key.
+    await r.set(K.key("stale"), "gone")
+    assert (await scripts.submit("t6", fields("t6"), key="stale")).outcome == "queued"
+    assert await r.get(K.key("stale")) == b"t6"
+
+
+async def test_a_key_with_braces_stays_in_the_queue_slot() -> None:
+    assert key_slot(K.key("{other}").encode()) == key_slot(K.stream.encode())

@@ -48,3 +48,27 @@ async def until_cancelled(path: str, seconds: float = 60.0) -> str:
 async def touch(path: str) -> str:
     _append(path, f"ran {os.getpid()}")
     return path
+
+
+async def stamp(path: str) -> str:
+    """Append ``ran <pid> <wall time>`` (when a delayed or retried task really started)."""
+    _append(path, f"ran {os.getpid()} {time.time():.6f}")
+    return path
+
+
+def _attempts_in(path: str) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for line in f if line.startswith("attempt"))
+    except FileNotFoundError:
+        return 0
+
+
+async def flaky(path: str, failures: int) -> str:
+    """Append ``attempt <n> <pid> <wall time>``; the first ``failures`` attempts raise
+    ``ConnectionResetError`` (a ``ConnectionError``: a policy's ``on`` matches it by its MRO)."""
+    n = _attempts_in(path) + 1
+    _append(path, f"attempt {n} {os.getpid()} {time.time():.6f}")
+    if n <= failures:
+        raise ConnectionResetError(f"attempt {n} lost its connection")
+    return f"ok after {n}"
