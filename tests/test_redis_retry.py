@@ -381,3 +381,66 @@ async def test_a_short_delay_starts_on_time(
     assert min(late) >= -0.01
     assert max(late) < 0.25, late
     print("lateness of a 0.2 s delay (s):", json.dumps([round(x, 4) for x in late]))
+
+
+# -- telemetry of a Redis retry ---------------------------------------------------------------
+
+FLAKY_RUNS: list[int] = []
+
+
+async def flaky_here(failures: int) -> str:
+    FLAKY_RUNS.append(1)
+    if len(FLAKY_RUNS) <= failures:
+        raise ConnectionError(f"broker gone on attempt {len(FLAKY_RUNS)}")
+    return "synced"
+
+
+async def test_telemetry_tells_each_redis_retry_from_the_outcome(
+    server: RedisServer, queue: str
+) -> None:
+    """The worker's innermost link leaves the task PENDING (error, next time set) before the
+    attempt's exception reaches the middleware: spans, counters and logs see a retry."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+    from prometheus_client import CollectorRegistry
+    from telemetry_kit import captured_structlog
+
+    from observable_tasks.telemetry import instrument, names
+    from observable_tasks.telemetry.names import ATTR, RETRYING
+
+    FLAKY_RUNS.clear()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    registry = CollectorRegistry()
+    backend = RedisBackend(server.url, queue=queue, lease=2.0)
+    manager = TaskManager(TaskConfig(shutdown_timeout=1.0), backend=backend)
+    policy = RetryPolicy(max_attempts=3, on=(ConnectionError,), backoff=0.05, jitter=False)
+    with captured_structlog() as logs:
+        instrument(manager, tracer_provider=provider, registry=registry)
+        try:
+            task = await manager.create_task(flaky_here, 2, retry=policy)
+            done = await manager.wait_for_task(task.id, timeout=20)
+        finally:
+            await manager.shutdown(timeout=1.0)
+    assert done.status is TaskStatus.COMPLETED
+    assert done.attempts == 3
+    spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    statuses = sorted(
+        (s.attributes[ATTR.TASK_ATTEMPT], s.attributes[ATTR.TASK_STATUS])  # type: ignore[index]
+        for s in spans
+    )
+    assert statuses == [(1, RETRYING), (2, RETRYING), (3, "completed")]
+    fn = task.function
+
+    def sample(suffix: str, **labels: str) -> float | None:
+        return registry.get_sample_value(names.metric_name(suffix), labels)
+
+    assert sample(names.TASK_RETRIES + "_total", task=fn) == 2
+    assert sample(names.TASKS_FINISHED + "_total", task=fn, status="completed") == 1
+    assert not sample(names.TASKS_FINISHED + "_total", task=fn, status="failed")
+    retrying = [e for e in logs.entries if e.get("event") == names.LOG_EVENTS["retrying"]]
+    assert len(retrying) == 2
+    assert all(e.get("next_attempt_at") for e in retrying)
