@@ -705,7 +705,7 @@ def overview() -> dict[str, Any]:
             description="Retries divided by the tasks that finished (cancelled ones left out), "
             f"per task function. Above {RETRY_STORM_RATIO} (dashed line) with at least 10 "
             "retries in 5 minutes, alert ObservableTasksRetryStorm fires after 10 minutes. No "
-            "line while retries happen but nothing finishes: see Retries by task.",
+            "(or an infinite) value while nothing finishes: see Retries by task.",
             links=error_links,
         )
     )
