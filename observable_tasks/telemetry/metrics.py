@@ -279,7 +279,7 @@ class _Bound:
         self.created = families.created.labels(label)
         self.queue_wait = families.queue_wait.labels(label)
         self.last_success = families.last_success.labels(label)
-        self.retries = families.retries.labels(label)
+        self.retries = families.retries.labels(label)  # at 0: a first retry shows in rate()
         # Pre-create every status so rate() sees 0 -> 1 instead of a series appearing at 1.
         self.finished = {s: families.finished.labels(label, s) for s in names.FINISHED_STATUSES}
         self.duration = {s: families.duration.labels(label, s) for s in names.FINISHED_STATUSES}
