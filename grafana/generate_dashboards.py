@@ -40,6 +40,7 @@ CREATED = _metric(names.TASKS_CREATED, "_total")
 FINISHED = _metric(names.TASKS_FINISHED, "_total")
 RUNNING = _metric(names.TASKS_RUNNING)
 PENDING = _metric(names.TASKS_PENDING)
+SCHEDULED = _metric(names.TASKS_SCHEDULED)
 LIMIT = _metric(names.TASKS_CONCURRENCY_LIMIT)
 DURATION_BUCKET = _metric(names.TASK_DURATION, "_bucket")
 WAIT_BUCKET = _metric(names.TASK_QUEUE_WAIT, "_bucket")
@@ -551,10 +552,17 @@ def overview() -> dict[str, Any]:
         _timeseries(
             "Pending backlog by task",
             (8, 6, 8, 8),
-            _targets((f"sum by (task) ({PENDING}{sel})", "{{task}}")),
+            _targets(
+                (
+                    f"sum by (task) ({PENDING}{sel}) - (sum by (task) ({SCHEDULED}{sel}) "
+                    f"or 0 * sum by (task) ({PENDING}{sel}))",
+                    "{{task}}",
+                )
+            ),
             stack=True,
-            description="Tasks waiting for a slot, for their start time (delay=/eta=) or to "
-            "retry. Alert ObservableTasksPendingBacklogHigh: more than 100 per job for 10 minutes.",
+            description="Tasks waiting for a concurrency slot (not those waiting for their "
+            "start time or to retry). Alert ObservableTasksPendingBacklogHigh: more than 100 per "
+            "job for 10 minutes.",
             links=per_task_links,
         )
     )
@@ -1128,6 +1136,7 @@ def task_drilldown() -> dict[str, Any]:
             _targets(
                 (f"sum({RUNNING}{sel})", "running"),
                 (f"sum({PENDING}{sel})", "pending"),
+                (f"sum({SCHEDULED}{sel})", "of which scheduled (delay, eta, retry)"),
             ),
         )
     )
