@@ -85,6 +85,10 @@ def task_view(task: Task, manager: TaskManager, options: ConsoleOptions) -> dict
         "duration_s": _rounded(task.duration),
         "queue_wait_s": _rounded(task.queue_wait),
         "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        # While PENDING until a planned start (delay=/eta=) or its next attempt (a retry).
+        "next_attempt_at": _iso(task.next_attempt_at),
+        "key": task.key,
         "worker": worker,
         "error_type": error_type,
         "error_code": error_code,
