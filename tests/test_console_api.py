@@ -364,6 +364,8 @@ def test_stream_shows_a_retry(serve: Callable[..., LiveServer]) -> None:
     assert retrying["next_attempt_at"] > retrying["created_at"]
     assert retrying["error_type"] == "ValueError"
     assert retrying["error"] == "flaky <i>"  # the last attempt's error, as text
+    assert retrying["finished_at"] is None  # not finished: it waits for its next attempt
+    assert retrying["duration_s"] is None
     final = got[-1]
     assert (final["status"], final["attempts"]) == ("COMPLETED", 2)
     assert final["next_attempt_at"] is None
