@@ -40,10 +40,12 @@ CREATED = _metric(names.TASKS_CREATED, "_total")
 FINISHED = _metric(names.TASKS_FINISHED, "_total")
 RUNNING = _metric(names.TASKS_RUNNING)
 PENDING = _metric(names.TASKS_PENDING)
+SCHEDULED = _metric(names.TASKS_SCHEDULED)
 LIMIT = _metric(names.TASKS_CONCURRENCY_LIMIT)
 DURATION_BUCKET = _metric(names.TASK_DURATION, "_bucket")
 WAIT_BUCKET = _metric(names.TASK_QUEUE_WAIT, "_bucket")
 ERRORS = _metric(names.TASK_ERRORS, "_total")
+RETRIES = _metric(names.TASK_RETRIES, "_total")
 LAST_SUCCESS = _metric(names.TASK_LAST_SUCCESS)
 TELEMETRY_ERRORS = _metric(names.TELEMETRY_ERRORS, "_total")
 LABEL_OVERFLOW = _metric(names.LABEL_OVERFLOW, "_total")
@@ -142,6 +144,8 @@ def _thresholds(*steps: tuple[str, float | None]) -> dict[str, Any]:
 GREEN = _thresholds(("green", None))
 RATIO_STEPS = _thresholds(("green", None), ("orange", 0.05), ("red", 0.1))
 SATURATION_STEPS = _thresholds(("green", None), ("orange", 0.7), ("red", 0.9))
+RETRY_STORM_RATIO = 0.5
+"""Retries per finished task above which ObservableTasksRetryStorm fires (the rules file)."""
 
 
 def _panel(
@@ -187,9 +191,11 @@ def _timeseries(
     fill: int = 10,
     legend_calcs: tuple[str, ...] = ("mean", "max", "lastNotNull"),
     min_zero: bool = True,
+    threshold_line: float | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
-    custom = {
+    """``threshold_line``: a dashed red line at that value (an alert's threshold)."""
+    custom: dict[str, Any] = {
         "drawStyle": "line",
         "lineWidth": 1,
         "fillOpacity": 30 if stack else fill,
@@ -198,6 +204,9 @@ def _timeseries(
         "stacking": {"mode": "normal" if stack else "none", "group": "A"},
     }
     defaults = {"custom": custom, "color": {"mode": "palette-classic"}, **kw.pop("defaults", {})}
+    if threshold_line is not None:
+        custom["thresholdsStyle"] = {"mode": "dashed"}
+        defaults["thresholds"] = _thresholds(("transparent", None), ("red", threshold_line))
     if min_zero:
         defaults["min"] = 0
     options = {
@@ -440,6 +449,10 @@ def overview() -> dict[str, Any]:
         )
 
     saturation = f"sum({RUNNING}{{{job}}}) / sum({LIMIT}{{{job}}})"
+    retries_per_finished = (
+        f"sum by (task) (rate({RETRIES}{sel}[{RATE}]))"
+        f" / sum by (task) (rate({FINISHED}{not_cancelled}[{RATE}]))"
+    )
     per_task_links = [_field_jaeger(), _field_drilldown()]
     error_links = [_field_jaeger(errors=True), _field_drilldown()]
     panels: list[Any] = []
@@ -470,7 +483,8 @@ def overview() -> dict[str, Any]:
             (8, 1, 4, 5),
             _targets((f"sum({PENDING}{sel})", "pending")),
             thresholds=_thresholds(("green", None), ("orange", 1), ("red", 100)),
-            description="Tasks created but waiting for a concurrency slot.",
+            description="Tasks waiting: for a concurrency slot, for their start time "
+            "(delay=/eta=) or for their next attempt (a retry).",
         )
     )
     add(
@@ -538,10 +552,17 @@ def overview() -> dict[str, Any]:
         _timeseries(
             "Pending backlog by task",
             (8, 6, 8, 8),
-            _targets((f"sum by (task) ({PENDING}{sel})", "{{task}}")),
+            _targets(
+                (
+                    f"sum by (task) ({PENDING}{sel}) - (sum by (task) ({SCHEDULED}{sel}) "
+                    f"or 0 * sum by (task) ({PENDING}{sel}))",
+                    "{{task}}",
+                )
+            ),
             stack=True,
-            description="Tasks waiting for a slot. Alert ObservableTasksPendingBacklogHigh: more "
-            "than 100 per job for 10 minutes.",
+            description="Tasks waiting for a concurrency slot (not those waiting for their "
+            "start time or to retry). Alert ObservableTasksPendingBacklogHigh: more than 100 per "
+            "job for 10 minutes.",
             links=per_task_links,
         )
     )
@@ -583,7 +604,7 @@ def overview() -> dict[str, Any]:
         )
     )
 
-    add(_row("Throughput and errors", 22, ids))
+    add(_row("Throughput, errors and retries", 22, ids))
     add(
         _timeseries(
             "Throughput by status",
@@ -670,12 +691,38 @@ def overview() -> dict[str, Any]:
             links=error_links,
         )
     )
+    add(
+        _timeseries(
+            "Retries by task",
+            (0, 39, 12, 8),
+            _targets((f"sum by (task) (rate({RETRIES}{sel}[{RATE}]))", "{{task}}")),
+            stack=True,
+            unit="reqps",
+            description="Attempts that failed and were planned to run again, per second "
+            "(stacked by task function). A retry storm shows here before anything finishes: "
+            "the task.retrying log events carry the attempt, delay_s and error_type.",
+            links=per_task_links,
+        )
+    )
+    add(
+        _timeseries(
+            "Retries per finished task",
+            (12, 39, 12, 8),
+            _targets((retries_per_finished, "{{task}}")),
+            threshold_line=RETRY_STORM_RATIO,
+            description="Retries divided by the tasks that finished (cancelled ones left out), "
+            f"per task function. Above {RETRY_STORM_RATIO} (dashed line) with at least 10 "
+            "retries in 5 minutes, alert ObservableTasksRetryStorm fires after 10 minutes. No "
+            "(or an infinite) value while nothing finishes: see Retries by task.",
+            links=error_links,
+        )
+    )
 
-    add(_row("Latency", 39, ids))
+    add(_row("Latency", 47, ids))
     add(
         _timeseries(
             "Duration p50 / p95 / p99",
-            (0, 40, 12, 8),
+            (0, 48, 12, 8),
             _targets(*_quantiles(f"{DURATION_BUCKET}{sel}"), exemplars=True),
             unit="s",
             description="Execution time of started tasks, all outcomes (waiting excluded).",
@@ -684,7 +731,7 @@ def overview() -> dict[str, Any]:
     add(
         _timeseries(
             "Duration p95 by task",
-            (12, 40, 12, 8),
+            (12, 48, 12, 8),
             _targets(
                 (
                     "histogram_quantile(0.95, sum by (task, le) "
@@ -701,7 +748,7 @@ def overview() -> dict[str, Any]:
     add(
         _table(
             "Finished tasks by status (time range)",
-            (0, 48, 12, 8),
+            (0, 56, 12, 8),
             _targets(
                 (
                     f"sum by (task, status) (increase({FINISHED}{sel}[{RANGE}]))",
@@ -717,7 +764,7 @@ def overview() -> dict[str, Any]:
     add(
         _table(
             "Time since last success",
-            (12, 48, 12, 8),
+            (12, 56, 12, 8),
             _targets(
                 (f"time() - max by (task) ({LAST_SUCCESS}{sel})", "{{task}}"),
                 instant=True,
@@ -728,11 +775,11 @@ def overview() -> dict[str, Any]:
         )
     )
 
-    add(_row("Telemetry health", 56, ids))
+    add(_row("Telemetry health", 64, ids))
     add(
         _timeseries(
             "Telemetry errors per second",
-            (0, 57, 12, 6),
+            (0, 65, 12, 6),
             _targets(
                 (
                     f"sum by (component) (rate({TELEMETRY_ERRORS}{{{job}}}[{RATE}])) or vector(0)",
@@ -747,7 +794,7 @@ def overview() -> dict[str, Any]:
     add(
         _timeseries(
             "Label values folded into __other__ (time range)",
-            (12, 57, 12, 6),
+            (12, 65, 12, 6),
             _targets(
                 (
                     f"sum by (label) (increase({LABEL_OVERFLOW}{{{job}}}[{RANGE}])) or vector(0)",
@@ -759,11 +806,11 @@ def overview() -> dict[str, Any]:
         )
     )
 
-    add(_row("Event loop and worker threads", 63, ids))
+    add(_row("Event loop and worker threads", 71, ids))
     add(
         _timeseries(
             "Event loop lag",
-            (0, 64, 12, 6),
+            (0, 72, 12, 6),
             _targets(*_quantiles(f"{LOOP_LAG_BUCKET}{{{job}}}")),
             unit="s",
             description="How late the event loop ran the watchdog's heartbeat. High values: "
@@ -774,7 +821,7 @@ def overview() -> dict[str, Any]:
     add(
         _timeseries(
             "Abandoned sync threads",
-            (12, 64, 12, 6),
+            (12, 72, 12, 6),
             _targets((f"sum({ABANDONED}{{{job}}})", "abandoned")),
             description="Threads still running sync task functions whose tasks timed out or "
             "were cancelled (a thread cannot be stopped). They no longer take pool slots, up "
@@ -782,11 +829,11 @@ def overview() -> dict[str, Any]:
         )
     )
     # Redis backend: queue-wide facts, the same from every process (max over instances).
-    add(_row("Redis queue (Redis backend)", 70, ids))
+    add(_row("Redis queue (Redis backend)", 78, ids))
     add(
         _timeseries(
             "Waiting and running in the queue",
-            (0, 71, 8, 6),
+            (0, 79, 8, 6),
             _targets(
                 (f"max by (queue) ({Q_PENDING}{{{job}}})", "waiting {{queue}}"),
                 (f"max by (queue) ({Q_RUNNING}{{{job}}})", "running {{queue}}"),
@@ -798,7 +845,7 @@ def overview() -> dict[str, Any]:
     add(
         _timeseries(
             "Queue lag (oldest waiting task)",
-            (8, 71, 8, 6),
+            (8, 79, 8, 6),
             _targets((f"max by (queue) ({Q_OLDEST}{{{job}}})", "{{queue}}")),
             unit="s",
             description="Age of the oldest task still waiting for a worker: how far behind "
@@ -808,7 +855,7 @@ def overview() -> dict[str, Any]:
     add(
         _timeseries(
             "Live workers and redeliveries",
-            (16, 71, 8, 6),
+            (16, 79, 8, 6),
             _targets(
                 (f"max by (queue) ({Q_WORKERS}{{{job}}})", "workers {{queue}}"),
                 (f"min by (queue) ({Q_UP}{{{job}}})", "Redis answered {{queue}}"),
@@ -999,12 +1046,41 @@ def task_drilldown() -> dict[str, Any]:
             links=[failed_traces],
         )
     )
+    add(
+        _timeseries(
+            "Retries per second",
+            (0, 21, 12, 7),
+            _targets((f"sum(rate({RETRIES}{sel}[{RATE}]))", "retries")),
+            unit="reqps",
+            description="Attempts of $task that failed and were planned to run again. The "
+            "task.retrying log events carry the attempt, delay_s and error_type.",
+            links=[failed_traces],
+        )
+    )
+    add(
+        _timeseries(
+            "Retries per finished task",
+            (12, 21, 12, 7),
+            _targets(
+                (
+                    f"sum(rate({RETRIES}{sel}[{RATE}])) / "
+                    f"sum(rate({FINISHED}{status_sel('cancelled', '!=')}[{RATE}]))",
+                    "retries / finished",
+                )
+            ),
+            threshold_line=RETRY_STORM_RATIO,
+            description="Retries divided by the tasks that finished (cancelled ones left out). "
+            f"Alert ObservableTasksRetryStorm: above {RETRY_STORM_RATIO} (dashed line) with at "
+            "least 10 retries in 5 minutes, for 10 minutes.",
+            links=[failed_traces],
+        )
+    )
 
-    add(_row("Latency and concurrency", 21, ids))
+    add(_row("Latency and concurrency", 28, ids))
     add(
         _timeseries(
             "Duration p50 / p95 / p99",
-            (0, 22, 12, 8),
+            (0, 29, 12, 8),
             _targets(*_quantiles(f"{DURATION_BUCKET}{sel}"), exemplars=True),
             unit="s",
             links=[traces],
@@ -1013,7 +1089,7 @@ def task_drilldown() -> dict[str, Any]:
     add(
         _timeseries(
             "Duration p95 by status",
-            (12, 22, 12, 8),
+            (12, 29, 12, 8),
             _targets(
                 (
                     "histogram_quantile(0.95, sum by (status, le) "
@@ -1029,7 +1105,7 @@ def task_drilldown() -> dict[str, Any]:
     heatmap = _panel(
         "heatmap",
         "Duration distribution",
-        (0, 30, 12, 8),
+        (0, 37, 12, 8),
         _targets(
             (f"sum by (le) (increase({DURATION_BUCKET}{sel}[{RATE}]))", "{{le}}"),
             fmt="heatmap",
@@ -1048,7 +1124,7 @@ def task_drilldown() -> dict[str, Any]:
     add(
         _timeseries(
             "Wait for a slot p50 / p95 / p99",
-            (12, 30, 12, 8),
+            (12, 37, 12, 8),
             _targets(*_quantiles(f"{WAIT_BUCKET}{sel}"), exemplars=True),
             unit="s",
         )
@@ -1056,20 +1132,21 @@ def task_drilldown() -> dict[str, Any]:
     add(
         _timeseries(
             "Running and pending",
-            (0, 38, 24, 7),
+            (0, 45, 24, 7),
             _targets(
                 (f"sum({RUNNING}{sel})", "running"),
                 (f"sum({PENDING}{sel})", "pending"),
+                (f"sum({SCHEDULED}{sel})", "of which scheduled (delay, eta, retry)"),
             ),
         )
     )
 
-    add(_row("Recent traces", 45, ids))
+    add(_row("Recent traces", 52, ids))
     add(
         _panel(
             "table",
             "Recent traces of process $task (Jaeger)",
-            (0, 46, 24, 9),
+            (0, 53, 24, 9),
             [
                 {
                     "datasource": TRACES,

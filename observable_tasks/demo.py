@@ -35,11 +35,13 @@ from nexios import NexiosApp
 from nexios.http import Request, Response
 
 from observable_tasks import (
+    RetryPolicy,
     TaskConfig,
     TaskDependency,
     TaskError,
     TaskStatus,
     create_task,
+    current_task,
     setup_tasks,
     update_task_progress,
 )
@@ -57,6 +59,10 @@ DEFAULT_KEEP_EXPORTS = 20
 """Export files kept in the data folder; older ones are deleted after each export."""
 MAX_NAME_LENGTH = 200
 """Longest display name ``/simulate`` accepts."""
+MAX_ATTEMPTS = 10
+"""Most attempts ``/simulate`` plans (``max_attempts``)."""
+MAX_DELAY = 86_400.0
+"""Longest ``delay`` and ``backoff`` (seconds) ``/simulate`` accepts."""
 MAX_RECIPIENTS = 10_000
 
 
@@ -350,6 +356,10 @@ def create_app(
         """Create one task with a chosen outcome: complete, fail, task_error, timeout, slow.
 
         ``name`` (optional) is the task's display name, a string of 1 to 200 characters.
+        Retries and planned starts (all optional): ``fail_attempts`` (its first N attempts fail
+        with ValueError before the outcome), ``max_attempts`` (1 to 10; default
+        ``fail_attempts + 1``), ``backoff`` (seconds before the second attempt, doubled after;
+        default 1), ``delay`` (seconds before the first attempt) and ``key`` (idempotency key).
         """
         body = await _json_object(request)
         outcome = body.get("outcome", "complete")
@@ -369,7 +379,10 @@ def create_app(
             raise BadBody("timeout must be more than 0 seconds")
         if outcome == "timeout":
             timeout = timeout or seconds / 2
-        task = await create_task(simulated_work, outcome, seconds, name=name, timeout=timeout)
+        extra, plan = _retry_plan(body)
+        task = await create_task(
+            simulated_work, outcome, seconds, name=name, timeout=timeout, **extra, **plan
+        )
         return {"task_id": task.id}
 
     return app
@@ -533,12 +546,21 @@ def _prune_exports(folder: Path, *, keep: int) -> None:
             old.unlink()
 
 
-async def simulated_work(outcome: str, seconds: float, task_id: str) -> dict[str, Any]:
-    """Ends as asked: completed, failed (ValueError or TaskError) or (via timeout) timeout."""
+async def simulated_work(
+    outcome: str, seconds: float, task_id: str, fail_attempts: int = 0
+) -> dict[str, Any]:
+    """Ends as asked: completed, failed (ValueError or TaskError) or (via timeout) timeout.
+
+    Its first ``fail_attempts`` attempts fail with ValueError (retried by its policy) instead.
+    """
     steps = 4
     for step in range(steps):
         await asyncio.sleep(seconds / steps)
         await update_task_progress(task_id, (step + 1) / steps * 100)
+    task = current_task()
+    attempt = task.attempts if task is not None else 1
+    if attempt <= fail_attempts:
+        raise ValueError(f"simulated failure of attempt {attempt}")
     if outcome == "fail":
         raise ValueError("simulated failure")
     if outcome == "task_error":
@@ -624,6 +646,46 @@ def _seconds(body: dict[str, Any], key: str) -> float | None:
     if value < 0:
         raise BadBody(f"{key} must not be negative, got {value!r}")
     return float(value)
+
+
+def _whole(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    """``body[key]`` as a whole number from ``low`` to ``high`` (``None`` when absent)."""
+    if key not in body:
+        return None
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadBody(f"{key} must be a whole number from {low} to {high}, got {_brief(value)}")
+    return value
+
+
+def _retry_plan(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``/simulate``'s retry fields: (``simulated_work`` keywords, ``create_task`` keywords)."""
+    fail_attempts = _whole(body, "fail_attempts", 0, MAX_ATTEMPTS) or 0
+    max_attempts = _whole(body, "max_attempts", 1, MAX_ATTEMPTS)
+    if max_attempts is None:
+        max_attempts = min(fail_attempts + 1, MAX_ATTEMPTS)
+    backoff = _seconds(body, "backoff")
+    delay = _seconds(body, "delay")
+    for what, value in (("backoff", backoff), ("delay", delay)):
+        if value is not None and value > MAX_DELAY:
+            raise BadBody(f"{what} must be at most {MAX_DELAY:g} seconds, got {value!r}")
+    key = body.get("key")
+    if key is not None and not (isinstance(key, str) and 1 <= len(key) <= MAX_NAME_LENGTH):
+        raise BadBody(f"key must be a string of 1 to {MAX_NAME_LENGTH} characters")
+    extra: dict[str, Any] = {"fail_attempts": fail_attempts} if fail_attempts else {}
+    plan: dict[str, Any] = {}
+    if max_attempts > 1 or backoff is not None:
+        plan["retry"] = RetryPolicy(
+            max_attempts=max_attempts,
+            on=(ValueError,),
+            backoff=1.0 if backoff is None else backoff,
+            jitter=False,
+        )
+    if delay:
+        plan["delay"] = delay
+    if key is not None:
+        plan["key"] = key
+    return extra, plan
 
 
 def _brief(value: Any, limit: int = 80) -> str:

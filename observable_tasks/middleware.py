@@ -61,7 +61,14 @@ class TaskObserver:
         """A task was accepted (still PENDING): stored by the backend (on Redis: written)."""
 
     def on_cancelled_pending(self, task: Task) -> None:
-        """A task was cancelled before it ever started (``cancel_task`` or shutdown)."""
+        """A PENDING task was cancelled (``cancel_task`` or shutdown): before it ever started,
+        or while it waited for its next attempt. ``task.next_attempt_at`` is still set when it
+        waited for a planned time."""
+
+    def on_due(self, task: Task) -> None:
+        """A task that waited for its planned time (``delay=``/``eta=``, a retry's backoff) may
+        start now: from here it waits for a slot (memory backend; on Redis this happens in
+        Redis)."""
 
     def on_progress(self, task: Task, progress: float) -> None:
         """``update_task_progress`` set a new value."""
@@ -97,6 +104,7 @@ OBSERVER_HOOKS = (
     "on_submit",
     "on_created",
     "on_cancelled_pending",
+    "on_due",
     "on_progress",
     "on_evicted",
     "on_internal_error",

@@ -136,6 +136,8 @@ class MemoryScheduler:
         job.timer = None
         task = job.task
         self._delayed.pop(task.id, None)
+        if self._listeners["on_due"]:
+            self._notify("on_due", task)
         task._next_wall = None
         task._mono_ready = self._clock()  # its wait for a slot starts now
         self._admit(job)
@@ -268,10 +270,10 @@ class MemoryScheduler:
         if self._delayed.pop(task.id, None) is None:
             with contextlib.suppress(ValueError):  # not admitted yet (created from a thread)
                 self._pending.remove(job)
-        task._next_wall = None
         task.status = TaskStatus.CANCELLED
         task._mono_finished = self._clock()
-        self._notify("on_cancelled_pending", task)
+        self._notify("on_cancelled_pending", task)  # _next_wall still says if it was planned
+        task._next_wall = None
         self._settle(job)
 
     def _finish(self, job: _Job, *, forced: bool = False) -> None:
@@ -306,6 +308,7 @@ class MemoryScheduler:
         task = job.task
         check_transition(task.status, TaskStatus.PENDING)
         task.status = TaskStatus.PENDING
+        task._mono_finished = None  # not finished: no completed_at, no negative duration
         task.error = job.error  # the last attempt's error, readable while it waits
         task._next_wall = time.time() + wait
         self._running -= 1

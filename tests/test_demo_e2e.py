@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -151,6 +152,36 @@ def test_failed_tasks_answer_500_on_task_result(
     assert body["code"] == code
 
 
+def test_simulate_retries_a_task_that_fails_its_first_attempts(client: httpx.Client) -> None:
+    body = {"outcome": "complete", "seconds": 0.01, "fail_attempts": 2, "backoff": 0.02}
+    task_id = start(client, "/simulate", body)
+    assert poll_task(client, task_id)["status"] == "COMPLETED"
+    view = client.get(f"/console/api/tasks/{task_id}").json()
+    assert (view["attempts"], view["max_attempts"]) == (3, 3)  # default: fail_attempts + 1
+    gives_up = start(client, "/simulate", {**body, "max_attempts": 2})
+    final = poll_task(client, gives_up)
+    assert final["status"] == "FAILED"
+    assert final["error"] == "simulated failure of attempt 2"
+
+
+def test_simulate_with_a_delay_and_a_key(client: httpx.Client) -> None:
+    body = {"outcome": "complete", "seconds": 0.01, "delay": 60, "key": "nightly-report"}
+    task_id = start(client, "/simulate", body)
+    view = client.get(f"/console/api/tasks/{task_id}").json()
+    assert view["status"] == "PENDING"
+    assert view["next_attempt_at"] is not None
+    assert view["key"] == "nightly-report"
+    assert start(client, "/simulate", body) == task_id  # the key holds it: the same task
+    page = client.get("/console/").text  # the page's token (and its cookie) allow a cancel
+    match = re.search(r'name="console-token" content="([^"]+)"', page)
+    assert match is not None
+    cancel = client.post(
+        f"/console/api/tasks/{task_id}/cancel",
+        headers={"X-Console-Token": match.group(1), "Origin": str(client.base_url).rstrip("/")},
+    )
+    assert cancel.json()["cancelled"] is True
+
+
 def test_simulate_rejects_unknown_outcomes(client: httpx.Client) -> None:
     response = client.post("/simulate", json={"outcome": "explode"})
     assert response.status_code == 400
@@ -166,6 +197,15 @@ def test_simulate_rejects_unknown_outcomes(client: httpx.Client) -> None:
         (b'{"seconds": -1}', "must not be negative"),
         (b'{"timeout": 0}', "timeout must be more than 0"),
         (b'{"seconds": 1e400}', "numbers must be finite"),
+        (b'{"fail_attempts": -1}', "fail_attempts must be a whole number from 0 to 10"),
+        (b'{"fail_attempts": 1.5}', "fail_attempts must be a whole number"),
+        (b'{"max_attempts": 0}', "max_attempts must be a whole number from 1 to 10"),
+        (b'{"max_attempts": true}', "max_attempts must be a whole number"),
+        (b'{"backoff": "soon"}', "backoff must be a number of seconds"),
+        (b'{"delay": -2}', "delay must not be negative"),
+        (b'{"delay": 1e9}', "delay must be at most 86400 seconds"),
+        (b'{"key": ""}', "key must be a string of 1 to 200 characters"),
+        (b'{"key": 7}', "key must be a string"),
     ],
 )
 def test_bad_bodies_get_a_400_that_says_why(

@@ -246,8 +246,12 @@ async def test_waiting_for_a_retry_is_pending_with_the_next_attempt_time(
     assert waiting.next_attempt_at is not None
     assert waiting.next_attempt_at > datetime.now(timezone.utc) - timedelta(seconds=0.05)
     assert "attempt 1" in str(waiting.error)  # the last attempt's error, while it waits
+    assert waiting.completed_at is None  # not finished
+    assert waiting.started_at is not None  # the last attempt's start
     done = await manager.wait_for_task(task.id, timeout=10)
     assert (done.status, done.attempts, done.next_attempt_at) == (TaskStatus.COMPLETED, 2, None)
+    assert done.duration is not None
+    assert done.duration >= 0  # the last attempt's run
     await events.aclose()
 
 

@@ -3,12 +3,16 @@ counter, the task.retrying log line, delayed tasks in the pending gauge."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from telemetry_kit import instrumented
 
-from observable_tasks import RetryPolicy, TaskConfig, TaskStatus
-from observable_tasks.telemetry import names
+from observable_tasks import RetryPolicy, TaskConfig, TaskManager, TaskStatus
+from observable_tasks.telemetry import TaskMetrics, TelemetryPipeline, names
 from observable_tasks.telemetry.names import ATTR, LOG_EVENTS, RETRYING
 
 POLICY = RetryPolicy(max_attempts=3, on=ConnectionError, backoff=0.05, jitter=False)
@@ -145,3 +149,64 @@ async def test_a_retry_waits_as_pending_in_the_gauge_without_a_slot() -> None:
         done = await kit.manager.create_task(other)  # the slot is free meanwhile
         assert (await kit.manager.wait_for_task(done.id, timeout=5)).result == "ran"
         assert await kit.manager.cancel_task(task.id)
+
+
+def gauges(registry: Any, function: str) -> tuple[float, float]:
+    def value(suffix: str) -> float:
+        sample = registry.get_sample_value(names.metric_name(suffix), {"task": function})
+        return 0.0 if sample is None else float(sample)
+
+    return value(names.TASKS_PENDING), value(names.TASKS_SCHEDULED)
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["scrape-time", "multiprocess"])
+async def test_scheduled_is_the_part_of_pending_that_waits_for_a_planned_time(
+    multiprocess: bool,
+) -> None:
+    registry = CollectorRegistry()
+    manager = TaskManager(TaskConfig(max_concurrent_tasks=1, shutdown_timeout=1))
+    metrics = TaskMetrics(registry, multiprocess=multiprocess)
+    metrics.attach(manager)
+    pipeline = TelemetryPipeline([metrics], report=manager.report_internal_error)
+    manager.add_observer(pipeline)
+    manager.add_middleware(pipeline, guarded=False)
+    gate = asyncio.Event()
+    retry = RetryPolicy(max_attempts=2, on=ConnectionError, backoff=0.2, jitter=False)
+
+    entered = asyncio.Event()
+
+    async def hold() -> None:
+        entered.set()
+        await gate.wait()
+
+    async def once_down(failed: list[int]) -> None:
+        if not failed:
+            failed.append(1)
+            raise ConnectionError("down once")
+
+    blocker = await manager.create_task(hold)
+    await entered.wait()  # running (in multiprocess mode, off the pending gauge once it runs)
+    queued = await manager.create_task(hold)  # waits for the slot: backlog
+    planned = await manager.create_task(hold, delay=60)  # waits for its time: no backlog
+    fn = blocker.function
+    assert gauges(registry, fn) == (2, 1)
+    assert await manager.cancel_task(planned.id)
+    assert gauges(registry, fn) == (1, 0)
+    gate.set()
+    await manager.wait_for_task(queued.id, timeout=5)
+    assert gauges(registry, fn) == (0, 0)
+
+    events = manager.task_events()
+    flaky = await manager.create_task(once_down, [], retry=retry)
+    async for event in events:
+        if event.kind == "retrying":
+            break
+    assert gauges(registry, flaky.function) == (1, 1)  # waiting for its next attempt
+    due = await manager.create_task(hold, delay=0.05)
+    done = await manager.wait_for_task(flaky.id, timeout=5)
+    assert done.status is TaskStatus.COMPLETED
+    await manager.wait_for_task(due.id, timeout=5)
+    assert gauges(registry, flaky.function) == (0, 0)
+    assert gauges(registry, fn) == (0, 0)  # the delayed one became due, then ran
+    await events.aclose()
+    await manager.shutdown()

@@ -75,6 +75,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     assert alerts == {
         "ObservableTasksHighFailureRatio",
         "ObservableTasksHighTimeoutRatio",
+        "ObservableTasksRetryStorm",
         "ObservableTasksPendingBacklogHigh",
         "ObservableTasksSaturated",
         "ObservableTasksQueueLagHigh",

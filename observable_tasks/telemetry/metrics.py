@@ -45,6 +45,8 @@ __all__ = ["TaskMetrics", "LabelLimiter", "is_multiprocess", "queue_collectors"]
 _COMPLETED = names.STATUS_LABELS[TaskStatus.COMPLETED.value]
 _CANCELLED = names.STATUS_LABELS[TaskStatus.CANCELLED.value]
 _PENDING = TaskStatus.PENDING
+_PENDING_HELP = "Tasks waiting: for a concurrency slot, their start time or their next attempt."
+_SCHEDULED_HELP = "Pending tasks waiting for a planned time (delay, eta, a retry), not a slot."
 _ABANDONED_HELP = "Threads still running sync functions whose tasks timed out or were cancelled."
 
 
@@ -186,6 +188,7 @@ class _Families:
                 self.exemplar_store = process_store(folder)
         self.running: Gauge | None = None
         self.pending: Gauge | None = None
+        self.scheduled: Gauge | None = None
         self.limit: Gauge | None = None
         self.abandoned: Gauge | None = None
         self.collector: _StateCollector | None = None
@@ -195,8 +198,12 @@ class _Families:
                 registry=reg, multiprocess_mode="livesum",
             )  # fmt: skip
             self.pending = Gauge(
-                n(names.TASKS_PENDING), "Tasks waiting for a concurrency slot.",
+                n(names.TASKS_PENDING), _PENDING_HELP,
                 [names.LABEL_TASK], registry=reg, multiprocess_mode="livesum",
+            )  # fmt: skip
+            self.scheduled = Gauge(
+                n(names.TASKS_SCHEDULED), _SCHEDULED_HELP, [names.LABEL_TASK], registry=reg,
+                multiprocess_mode="livesum",
             )  # fmt: skip
             self.limit = Gauge(
                 n(names.TASKS_CONCURRENCY_LIMIT), "Configured max_concurrent_tasks (summed).",
@@ -267,6 +274,7 @@ class _Bound:
         "queue_wait_labels",
         "retries",
         "running",
+        "scheduled",
     )  # fmt: skip
 
     def __init__(self, families: _Families, label: str) -> None:
@@ -279,7 +287,7 @@ class _Bound:
         self.created = families.created.labels(label)
         self.queue_wait = families.queue_wait.labels(label)
         self.last_success = families.last_success.labels(label)
-        self.retries = families.retries.labels(label)
+        self.retries = families.retries.labels(label)  # at 0: a first retry shows in rate()
         # Pre-create every status so rate() sees 0 -> 1 instead of a series appearing at 1.
         self.finished = {s: families.finished.labels(label, s) for s in names.FINISHED_STATUSES}
         self.duration = {s: families.duration.labels(label, s) for s in names.FINISHED_STATUSES}
@@ -288,6 +296,8 @@ class _Bound:
         families.errors.labels(label, "TaskTimeoutError")
         self.running = families.running.labels(label) if families.running is not None else None
         self.pending = families.pending.labels(label) if families.pending is not None else None
+        scheduled = families.scheduled
+        self.scheduled = scheduled.labels(label) if scheduled is not None else None
 
 
 class TaskMetrics(TelemetryPart):
@@ -325,6 +335,9 @@ class TaskMetrics(TelemetryPart):
         """Count this manager's running/pending tasks and its limit in the gauges (and, on the
         Redis backend, its queue's gauges)."""
         if manager.backend is not None:
+            # Redis decides when a planned task is due (no on_due here): the queue's own gauges
+            # count scheduled tasks; this process' inc/dec gauge would only drift.
+            self._f.scheduled = None
             self._f.queue.managers.add(manager)
             if not manager.backend.execute:
                 return  # a web-only process runs nothing: no capacity, nothing running here
@@ -354,12 +367,21 @@ class TaskMetrics(TelemetryPart):
         bound.created.inc()
         if bound.pending is not None:
             bound.pending.inc()
+            if task._next_wall is not None and bound.scheduled is not None:
+                bound.scheduled.inc()
 
     def on_cancelled_pending(self, task: Task) -> None:
         bound = self._for(task)
         bound.finished[_CANCELLED].inc()
         if bound.pending is not None:
             bound.pending.dec()
+            if task._next_wall is not None and bound.scheduled is not None:
+                bound.scheduled.dec()
+
+    def on_due(self, task: Task) -> None:
+        bound = self._for(task)
+        if bound.scheduled is not None:
+            bound.scheduled.dec()
 
     def on_internal_error(self, component: str, error: BaseException) -> None:
         self._f.telemetry_errors.labels(component).inc()
@@ -374,6 +396,8 @@ class TaskMetrics(TelemetryPart):
     def observes(self, hook: str) -> bool:
         if hook == "on_threads_abandoned":
             return self._f.abandoned is not None
+        if hook == "on_due":
+            return self._f.scheduled is not None  # multiprocess mode; else read at scrape time
         return super().observes(hook)
 
     # -- middleware ---------------------------------------------------------------------------
@@ -434,6 +458,8 @@ class TaskMetrics(TelemetryPart):
             bound.retries.inc()
             if bound.pending is not None:
                 bound.pending.inc()
+                if bound.scheduled is not None:
+                    bound.scheduled.inc()
             return
         elif isinstance(error, AttemptAbandoned):
             return  # no outcome (released, or taken over by another worker): nothing to count
@@ -474,9 +500,12 @@ class _StateCollector(Collector):
             labels=[names.LABEL_TASK],
         )  # fmt: skip
         yield GaugeMetricFamily(
-            names.metric_name(names.TASKS_PENDING, n), "Tasks waiting for a concurrency slot.",
+            names.metric_name(names.TASKS_PENDING, n), _PENDING_HELP,
             labels=[names.LABEL_TASK],
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            names.metric_name(names.TASKS_SCHEDULED, n), _SCHEDULED_HELP, labels=[names.LABEL_TASK]
+        )
         yield GaugeMetricFamily(
             names.metric_name(names.TASKS_CONCURRENCY_LIMIT, n),
             "Configured max_concurrent_tasks (summed over managers).",
@@ -484,20 +513,26 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(names.metric_name(names.SYNC_THREADS_ABANDONED, n), _ABANDONED_HELP)
 
     def collect(self) -> Iterable[Metric]:
-        running_family, pending_family, limit_family, abandoned_family = self._families()
+        families = list(self._families())
+        running_family, pending_family, scheduled_family, limit_family, abandoned_family = families
         managers = list(self.managers)
         running: _Counts[str] = _Counts()
         pending: _Counts[str] = _Counts()
+        scheduled: _Counts[str] = _Counts()
         fold = self.tasks
         for manager in managers:
             for task in manager.running_tasks():
                 running[fold(task.function) if fold else task.function] += 1
             for task in manager.pending_tasks():
-                pending[fold(task.function) if fold else task.function] += 1
+                label = fold(task.function) if fold else task.function
+                pending[label] += 1
+                if task._next_wall is not None:
+                    scheduled[label] += 1
         known = set(fold.seen) if fold is not None else set()
         for label in sorted(known | set(running) | set(pending)):
             running_family.add_metric([label], running.get(label, 0))
             pending_family.add_metric([label], pending.get(label, 0))
+            scheduled_family.add_metric([label], scheduled.get(label, 0))
         limit_family.add_metric(
             [],
             sum(
@@ -507,4 +542,4 @@ class _StateCollector(Collector):
             ),
         )
         abandoned_family.add_metric([], sum(m.abandoned_threads for m in managers))
-        return [running_family, pending_family, limit_family, abandoned_family]
+        return families

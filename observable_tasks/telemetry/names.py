@@ -12,6 +12,7 @@ __all__ = [
     "TASKS_FINISHED",
     "TASKS_RUNNING",
     "TASKS_PENDING",
+    "TASKS_SCHEDULED",
     "TASKS_CONCURRENCY_LIMIT",
     "TASK_DURATION",
     "TASK_QUEUE_WAIT",
@@ -69,6 +70,9 @@ TASKS_RUNNING = "tasks_running"
 """Gauge {task}: tasks executing now."""
 TASKS_PENDING = "tasks_pending"
 """Gauge {task}: tasks waiting for a concurrency slot, for their start time or to retry."""
+TASKS_SCHEDULED = "tasks_scheduled"
+"""Gauge {task}: the pending tasks that wait for a planned time (``delay=``/``eta=``, or their
+next attempt after a retry), not for a slot: ``pending - scheduled`` is the backlog."""
 TASKS_CONCURRENCY_LIMIT = "tasks_concurrency_limit"
 """Gauge: the configured ``max_concurrent_tasks`` (draw saturation as running / limit)."""
 TASK_DURATION = "task_duration_seconds"
@@ -109,6 +113,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     TASKS_FINISHED: ("counter", ("task", "status")),
     TASKS_RUNNING: ("gauge", ("task",)),
     TASKS_PENDING: ("gauge", ("task",)),
+    TASKS_SCHEDULED: ("gauge", ("task",)),
     TASKS_CONCURRENCY_LIMIT: ("gauge", ()),
     TASK_DURATION: ("histogram", ("task", "status")),
     TASK_QUEUE_WAIT: ("histogram", ("task",)),

@@ -156,6 +156,9 @@ class TelemetryPipeline(TaskObserver):
     def on_cancelled_pending(self, task: Task) -> None:
         self._forward("on_cancelled_pending", task)
 
+    def on_due(self, task: Task) -> None:
+        self._forward("on_due", task)
+
     def on_progress(self, task: Task, progress: float) -> None:
         self._forward("on_progress", task, progress)
 

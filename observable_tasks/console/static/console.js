@@ -12,6 +12,8 @@
   const LIMIT = 50;
   const $ = (id) => document.getElementById(id);
   const rows = new Map(); // task id -> <tr>
+  const TASK_HASH = /^#task=([0-9a-f]{32})$/;
+  let detailId = null; // the task the detail dialog shows
   const state = { filters: { status: "", function: "", q: "" }, cursors: [null], next: null };
 
   function el(tag, text, cls) {
@@ -37,12 +39,7 @@
 
   function timeCell(iso) {
     const td = el("td");
-    if (iso) {
-      const time = el("time", new Date(iso).toLocaleString());
-      time.dateTime = iso;
-      time.title = iso.replace("T", " ").replace("Z", " UTC");
-      td.append(time);
-    }
+    if (iso) td.append(timeNode(iso));
     return td;
   }
 
@@ -51,15 +48,79 @@
     return value < 1 ? `${Math.round(value * 1000)} ms` : `${value.toFixed(2)} s`;
   }
 
+  // Retries and planned starts. A PENDING task that has run before waits to retry (its error is
+  // the last attempt's); one that never ran and has a next attempt time waits for its start.
+  const waitingToRetry = (task) => task.status === "PENDING" && task.attempts >= 1;
+
+  function attemptsText(task) {
+    // "2/3" where it says something (a retry happened or is planned), else the plain count.
+    const max = task.max_attempts || 1;
+    if (max > 1 && (task.attempts > 1 || waitingToRetry(task))) return `${task.attempts}/${max}`;
+    return String(task.attempts);
+  }
+
+  function inWords(ms) {
+    const total = Math.ceil(ms / 1000);
+    if (total < 60) return `${total}s`;
+    const minutes = Math.floor(total / 60);
+    if (minutes < 60) return `${minutes}m ${String(total % 60).padStart(2, "0")}s`;
+    return `${Math.floor(minutes / 60)}h ${String(minutes % 60).padStart(2, "0")}m`;
+  }
+
+  function countdownText(node) {
+    // node: a <time class="countdown"> with data-what "retry" or "start"; data-short drops the
+    // verb (the detail dialog shows it next to the time itself).
+    const left = Date.parse(node.dateTime) - Date.now();
+    const retry = node.dataset.what === "retry";
+    const short = node.dataset.short === "1";
+    if (!(left > 0)) return short ? "due" : retry ? "retry due" : "start due";
+    const verb = short ? "" : retry ? "retry " : "starts ";
+    if (left > 86400000) return `${verb}${new Date(node.dateTime).toLocaleString()}`;
+    return `${verb}in ${inWords(left)}`;
+  }
+
+  function countdown(task, short) {
+    // "retry in 3s" / "starts in 10s" (kept current by tick()); the time itself on hover.
+    if (task.status !== "PENDING" || !task.next_attempt_at) return null;
+    const time = el("time", null, "countdown");
+    time.dateTime = task.next_attempt_at;
+    time.dataset.what = waitingToRetry(task) ? "retry" : "start";
+    if (short) time.dataset.short = "1";
+    time.title = `${new Date(task.next_attempt_at).toLocaleString()} (${task.next_attempt_at.replace("T", " ").replace("Z", " UTC")})`;
+    time.textContent = countdownText(time);
+    return time;
+  }
+
+  function tick() {
+    for (const node of document.querySelectorAll("time.countdown")) {
+      const text = countdownText(node);
+      if (node.textContent !== text) node.textContent = text;
+    }
+  }
+
+  function errorText(task) {
+    if (!task.error_type) return "";
+    const text = `${task.error_type}: ${task.error || ""}`;
+    return waitingToRetry(task) ? `last attempt: ${text}` : text;
+  }
+
   function fill(tr, task) {
     tr.dataset.taskId = task.id;
     tr.dataset.status = task.status;
     tr.dataset.created = task.created_at;
     tr.replaceChildren();
     const name = el("td", null, "name");
-    name.append(el("span", task.name), el("br"), el("small", task.id));
+    const open = el("a", null, "open");
+    open.href = `#task=${task.id}`;
+    open.title = "Details";
+    open.append(el("span", task.name));
+    name.append(open, el("br"), el("small", task.id));
     tr.append(name, el("td", task.function, "fn"));
-    tr.append(el("td", task.status, `status s-${task.status}`));
+    const status = el("td", null, `status s-${task.status}`);
+    status.append(el("span", task.status));
+    const next = countdown(task);
+    if (next) status.append(el("br"), next);
+    tr.append(status);
     const progress = el("td");
     const bar = el("div", null, "bar");
     const value = Math.max(0, Math.min(100, Number(task.progress) || 0));
@@ -74,20 +135,13 @@
     progress.append(bar, el("small", ` ${Math.round(value)}%`));
     tr.append(progress, timeCell(task.created_at), timeCell(task.started_at), timeCell(task.finished_at));
     tr.append(el("td", seconds(task.duration_s)), el("td", seconds(task.queue_wait_s)));
-    tr.append(el("td", task.attempts), el("td", task.worker || ""));
-    const error = task.error_type ? `${task.error_type}: ${task.error || ""}` : "";
-    tr.append(el("td", error, "err"));
+    const attempts = el("td", attemptsText(task), task.attempts > 1 ? "attempts retried" : "attempts");
+    attempts.title = `attempt ${task.attempts} of at most ${task.max_attempts || 1}`;
+    tr.append(attempts, el("td", task.worker || ""));
+    tr.append(el("td", errorText(task), waitingToRetry(task) ? "err retrying" : "err"));
     const trace = el("td");
-    if (task.trace_url && /^https?:\/\//.test(task.trace_url)) {
-      const link = el("a", "trace");
-      link.href = task.trace_url;
-      link.target = "_blank";
-      link.rel = "noopener noreferrer";
-      link.title = task.trace_id;
-      trace.append(link);
-    } else if (task.trace_id) {
-      trace.append(el("code", task.trace_id.slice(0, 8), null));
-    }
+    const traceRef = traceNode(task, false);
+    if (traceRef) trace.append(traceRef);
     tr.append(trace);
     const actions = el("td");
     if (!READ_ONLY && ACTIVE.has(task.status)) {
@@ -100,6 +154,99 @@
     tr.append(actions);
   }
 
+  function traceNode(task, full) {
+    if (task.trace_url && /^https?:\/\//.test(task.trace_url)) {
+      const link = el("a", full ? task.trace_id : "trace");
+      link.href = task.trace_url;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.title = task.trace_id;
+      return link;
+    }
+    if (task.trace_id) return el("code", full ? task.trace_id : task.trace_id.slice(0, 8));
+    return null;
+  }
+
+  // -- the detail dialog (#task=<id>): every field of one task, kept live by the stream ------
+
+  function timeNode(iso) {
+    if (!iso) return "—";
+    const time = el("time", new Date(iso).toLocaleString());
+    time.dateTime = iso;
+    time.title = iso.replace("T", " ").replace("Z", " UTC");
+    return time;
+  }
+
+  function renderDetail(task) {
+    $("detail-title").textContent = task.name;
+    const list = $("detail-fields");
+    list.replaceChildren();
+    list.dataset.taskId = task.id;
+    list.dataset.status = task.status;
+    const field = (label, value, key) => {
+      const dd = el("dd");
+      if (key) dd.dataset.field = key;
+      if (value instanceof Node) dd.append(value);
+      else dd.textContent = value === null || value === undefined || value === "" ? "—" : String(value);
+      list.append(el("dt", label), dd);
+      return dd;
+    };
+    field("Id", task.id, "id");
+    field("Function", task.function, "function");
+    const status = field("Status", task.status, "status");
+    status.className = `status s-${task.status}`;
+    field("Progress", `${Math.round(Math.max(0, Math.min(100, Number(task.progress) || 0)))}%`, "progress");
+    field("Attempts", task.attempts, "attempts");
+    field("Max attempts", task.max_attempts, "max_attempts");
+    if (task.status === "PENDING" && task.next_attempt_at) {
+      const next = el("span");
+      next.append(timeNode(task.next_attempt_at), " (", countdown(task, true), ")");
+      field(waitingToRetry(task) ? "Next attempt" : "Starts", next, "next_attempt_at");
+    } else {
+      field("Next attempt", null, "next_attempt_at");
+    }
+    field("Key", task.key, "key");
+    field("Created", timeNode(task.created_at), "created_at");
+    field("Started", timeNode(task.started_at), "started_at");
+    field("Finished", timeNode(task.finished_at), "finished_at");
+    field("Duration", seconds(task.duration_s), "duration_s");
+    field("Queue wait", seconds(task.queue_wait_s), "queue_wait_s");
+    if (task.worker) field("Worker", task.worker, "worker");
+    if (task.error_type) {
+      const error = field(waitingToRetry(task) ? "Last error" : "Error", `${task.error_type}: ${task.error || ""}`, "error");
+      error.className = waitingToRetry(task) ? "err retrying" : "err";
+      if (task.error_code) field("Error code", task.error_code, "error_code");
+    }
+    const trace = traceNode(task, true);
+    if (trace) field("Trace", trace, "trace");
+    for (const key of ["args", "kwargs", "result"]) {
+      if (task[key] !== undefined && task[key] !== null) {
+        field(key[0].toUpperCase() + key.slice(1), el("pre", JSON.stringify(task[key], null, 2)), key);
+      }
+    }
+  }
+
+  async function openDetail(id) {
+    detailId = id;
+    try {
+      const task = await api(`/api/tasks/${encodeURIComponent(id)}`);
+      if (detailId !== id) return; // another one was asked for meanwhile
+      renderDetail(task);
+      const dialog = $("detail");
+      if (!dialog.open) dialog.showModal();
+      showError("");
+    } catch (err) {
+      detailId = null;
+      showError(`Could not load the task: ${err.message}`);
+    }
+  }
+
+  function followHash() {
+    const match = TASK_HASH.exec(location.hash);
+    if (match) openDetail(match[1]);
+    else if ($("detail").open) $("detail").close();
+  }
+
   async function cancel(id, button) {
     button.disabled = true;
     try {
@@ -108,6 +255,7 @@
         headers: { "X-Console-Token": TOKEN },
       });
       upsert(body.task, false);
+      if (detailId === body.task.id) renderDetail(body.task);
       showError("");
     } catch (err) {
       showError(`Cancel failed: ${err.message}`);
@@ -246,8 +394,9 @@
     });
     source.addEventListener("error", () => { $("live").textContent = "reconnecting…"; });
     source.addEventListener("task", (message) => {
-      const task = JSON.parse(message.data);
+      const task = JSON.parse(message.data); // event: created, started, progress, retrying, finished
       upsert(task, true);
+      if (detailId === task.id) renderDetail(task);
       if (task.event !== "progress") countsSoon();
     });
     source.addEventListener("resync", () => { loadPage(); countsSoon(); });
@@ -264,9 +413,18 @@
   $("older").addEventListener("click", () => { if (state.next) { state.cursors.push(state.next); loadPage(); } });
   $("newest").addEventListener("click", () => { state.cursors = [null]; loadPage(); });
 
+  $("detail-close").addEventListener("click", () => $("detail").close());
+  $("detail").addEventListener("close", () => {
+    detailId = null;
+    if (TASK_HASH.test(location.hash)) history.replaceState(null, "", location.pathname + location.search);
+  });
+  window.addEventListener("hashchange", followHash);
+
   loadPage();
   loadCounts();
   loadWorkers();
   setInterval(loadWorkers, 10000);
+  setInterval(tick, 1000);
   connect();
+  followHash();
 })();
