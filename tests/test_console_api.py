@@ -31,13 +31,8 @@ from observable_tasks.console import ConsoleOptions
 
 XSS = "<img src=x onerror=alert(1)>"
 GATES: dict[str, asyncio.Event] = {}
-REDIS_RETRIES = pytest.mark.xfail(
-    reason="Redis retries land with the Redis half of issue 12", strict=False
-)
-# Retries, delayed starts and keys: memory now; the Redis case waits for the Redis half.
-RETRYING_BACKENDS = pytest.mark.parametrize(
-    "serve", ["memory", pytest.param("redis", marks=REDIS_RETRIES)], indirect=True
-)
+# Retries, delayed starts and keys: both backends.
+RETRYING_BACKENDS = pytest.mark.parametrize("serve", ["memory", "redis"], indirect=True)
 
 
 async def double(value: int) -> int:

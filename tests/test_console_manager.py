@@ -21,13 +21,8 @@ from observable_tasks import (
 from observable_tasks.feed import EVENT_KINDS, TaskEvent
 
 GATES: dict[str, asyncio.Event] = {}
-REDIS_RETRIES = pytest.mark.xfail(
-    reason="Redis retries land with the Redis half of issue 12", strict=False
-)
-# Retries and delayed starts: memory now; the Redis case waits for the Redis half.
-RETRYING_BACKENDS = pytest.mark.parametrize(
-    "make", ["memory", pytest.param("redis", marks=REDIS_RETRIES)], indirect=True
-)
+# Retries and delayed starts: both backends.
+RETRYING_BACKENDS = pytest.mark.parametrize("make", ["memory", "redis"], indirect=True)
 
 
 async def double(value: int) -> int:

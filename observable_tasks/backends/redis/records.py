@@ -21,6 +21,7 @@ time; absent: ``created``); ``key`` its idempotency key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,7 +116,11 @@ def decode_policy(spec: str | bytes | None) -> RetryPolicy:
     """The policy of :func:`encode_policy` (``ValueError`` for a malformed one)."""
     if not spec:
         return _DEFAULT_POLICY
-    text = spec.decode() if isinstance(spec, bytes) else spec
+    return _decode_policy(spec.decode() if isinstance(spec, bytes) else spec)
+
+
+@functools.lru_cache(maxsize=256)  # a few distinct policies, read with every record
+def _decode_policy(text: str) -> RetryPolicy:
     parts = text.split()
     if len(parts) < 4:
         raise ValueError(f"not a retry policy: {text[:80]!r}")
