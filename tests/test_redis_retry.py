@@ -444,3 +444,15 @@ async def test_telemetry_tells_each_redis_retry_from_the_outcome(
     retrying = [e for e in logs.entries if e.get("event") == names.LOG_EVENTS["retrying"]]
     assert len(retrying) == 2
     assert all(e.get("next_attempt_at") for e in retrying)
+
+
+async def test_queue_stats_count_delayed_tasks_as_pending(
+    server: RedisServer, web: WebFactory, tmp_path: Path
+) -> None:
+    manager = web(server.url)
+    await manager.create_task(redis_tasks.stamp, str(tmp_path / "a"), delay=30)
+    await manager.create_task(redis_tasks.stamp, str(tmp_path / "b"))  # queued, no worker
+    backend = manager.backend
+    assert backend is not None
+    stats = await asyncio.to_thread(backend.queue_stats)
+    assert (stats["pending"], stats["delayed"], stats["running"]) == (2, 1, 0)
