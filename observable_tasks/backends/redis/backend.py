@@ -465,6 +465,13 @@ class RedisBackend:
         return tasks
 
     def _task_from(self, raw: Mapping[bytes, bytes]) -> Task:
+        raw_id = raw.get(b"id")
+        local = self._local(_text(raw_id)) if raw_id else None
+        if local is not None:
+            # Running here (maybe started while this read was in flight): the worker's state is
+            # the current one; a record read before its START must not set it back (attempts 0,
+            # PENDING) under the running attempt.
+            return local
         record = decode_record(raw, self.serializer)
         task = self._live.get(record.id)
         if task is None:
