@@ -85,7 +85,10 @@ class Listener:
         waiters.append(future)
         channel = self._keys.done_channel(task_id)
         if len(waiters) == 1:
-            with contextlib.suppress(RedisError):  # the caller re-reads every second anyway
+            # The caller re-reads every second anyway. AttributeError: redis-py's symptom of a
+            # connection closed under the call (the reader swapped in a fresh pub/sub at the
+            # same moment, e.g. just after start; the fresh one subscribes the waited channels).
+            with contextlib.suppress(RedisError, AttributeError):
                 await self._pubsub.subscribe(channel)
         try:
             yield future
@@ -93,7 +96,7 @@ class Listener:
             waiters.remove(future)
             if not waiters:
                 del self._waiters[task_id]
-                with contextlib.suppress(RedisError):
+                with contextlib.suppress(RedisError, AttributeError):
                     await self._pubsub.unsubscribe(channel)
 
     async def _read(self) -> None:
