@@ -53,6 +53,7 @@ LOOP_LAG_BUCKET = _metric(names.EVENT_LOOP_LAG, "_bucket")
 ABANDONED = _metric(names.SYNC_THREADS_ABANDONED)
 Q_PENDING = _metric(names.QUEUE_PENDING)
 Q_RUNNING = _metric(names.QUEUE_RUNNING)
+Q_SCHEDULED = _metric(names.QUEUE_SCHEDULED)
 Q_OLDEST = _metric(names.QUEUE_OLDEST_AGE)
 Q_WORKERS = _metric(names.QUEUE_WORKERS)
 Q_REDELIVERIES = _metric(names.QUEUE_REDELIVERIES, "_total")
@@ -836,9 +837,11 @@ def overview() -> dict[str, Any]:
             (0, 79, 8, 6),
             _targets(
                 (f"max by (queue) ({Q_PENDING}{{{job}}})", "waiting {{queue}}"),
+                (f"max by (queue) ({Q_SCHEDULED}{{{job}}})", "of which scheduled {{queue}}"),
                 (f"max by (queue) ({Q_RUNNING}{{{job}}})", "running {{queue}}"),
             ),
-            description="Tasks waiting in the Redis queue and tasks claimed by a worker, "
+            description="Tasks waiting in the Redis queue (of which scheduled: planned for "
+            "later with delay=/eta= or waiting to retry) and tasks claimed by a worker, "
             "cluster-wide (read from Redis at scrape time).",
         )
     )

@@ -105,6 +105,12 @@ async def test_queue_gauges_are_read_from_redis_at_scrape_time(sides: dict[str, 
     labels: dict[str, Any] = {"queue": web.manager.backend.keys.queue}  # type: ignore[union-attr]
     assert web.sample(names.QUEUE_UP, **labels) == 1
     assert web.sample(names.QUEUE_PENDING, **labels) == 3
+    assert web.sample(names.QUEUE_SCHEDULED, **labels) == 0
+    later = await web.manager.create_task(add, 1, 2, delay=600)
+    assert web.sample(names.QUEUE_PENDING, **labels) == 4  # a planned task waits too ...
+    assert web.sample(names.QUEUE_SCHEDULED, **labels) == 1  # ... for its time, not a worker
+    assert await web.manager.cancel_task(later.id)
+    assert web.sample(names.QUEUE_SCHEDULED, **labels) == 0
     assert web.sample(names.QUEUE_WORKERS, **labels) == 0
     assert web.sample(names.QUEUE_OLDEST_AGE, **labels) >= 0
     # A web-only process contributes no capacity.

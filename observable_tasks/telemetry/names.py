@@ -22,6 +22,7 @@ __all__ = [
     "TELEMETRY_ERRORS",
     "LABEL_OVERFLOW",
     "QUEUE_PENDING",
+    "QUEUE_SCHEDULED",
     "QUEUE_RUNNING",
     "QUEUE_OLDEST_AGE",
     "QUEUE_WORKERS",
@@ -89,7 +90,11 @@ here before anything finishes)."""
 TELEMETRY_ERRORS = "telemetry_errors"
 """Counter {component}: failures inside telemetry itself (never fail a task)."""
 QUEUE_PENDING = "queue_pending"
-"""Gauge {queue}: tasks waiting in the Redis queue (read from Redis at scrape time)."""
+"""Gauge {queue}: tasks waiting in the Redis queue, for a worker or for a planned time (read
+from Redis at scrape time)."""
+QUEUE_SCHEDULED = "queue_scheduled"
+"""Gauge {queue}: the part of ``queue_pending`` that waits for a planned time (``delay=``/
+``eta=``, a retry's backoff) in the queue's delayed set."""
 QUEUE_RUNNING = "queue_running"
 """Gauge {queue}: tasks claimed by a worker and not finished (cluster-wide)."""
 QUEUE_OLDEST_AGE = "queue_oldest_pending_age_seconds"
@@ -129,6 +134,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: Exported by processes on the Redis backend (read from Redis at scrape time).
 QUEUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     QUEUE_PENDING: ("gauge", ("queue",)),
+    QUEUE_SCHEDULED: ("gauge", ("queue",)),
     QUEUE_RUNNING: ("gauge", ("queue",)),
     QUEUE_OLDEST_AGE: ("gauge", ("queue",)),
     QUEUE_WORKERS: ("gauge", ("queue",)),

@@ -40,7 +40,10 @@ class QueueCollector(Collector):
         def gauge(suffix: str, doc: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(names.metric_name(suffix, n), doc, labels=[names.LABEL_QUEUE])
 
-        pending = gauge(names.QUEUE_PENDING, "Tasks waiting in the Redis queue.")
+        pending = gauge(names.QUEUE_PENDING, "Tasks waiting in the Redis queue (scheduled too).")
+        scheduled = gauge(
+            names.QUEUE_SCHEDULED, "Waiting tasks planned for later (delay, eta, a retry)."
+        )
         running = gauge(names.QUEUE_RUNNING, "Tasks claimed by a worker and not finished.")
         oldest = gauge(names.QUEUE_OLDEST_AGE, "Age of the oldest waiting task (queue lag).")
         workers = gauge(names.QUEUE_WORKERS, "Workers alive (renewed within one lease).")
@@ -65,10 +68,11 @@ class QueueCollector(Collector):
             if not stats:
                 continue
             pending.add_metric(queue, stats["pending"])
+            scheduled.add_metric(queue, stats.get("delayed", 0))
             running.add_metric(queue, stats["running"])
             oldest.add_metric(queue, stats["oldest_pending_age"])
             workers.add_metric(queue, stats["workers"])
             redeliveries.add_metric(queue, stats["redeliveries"])
         if not seen:
             return []
-        return [pending, running, oldest, workers, redeliveries, up]
+        return [pending, scheduled, running, oldest, workers, redeliveries, up]
