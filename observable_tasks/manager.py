@@ -8,41 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import enum
-import inspect
 import logging
-import math
-import os
-import socket
-import sys
 import threading
 import time
 import types
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from observable_tasks._awaitable import Done
 from observable_tasks.config import TaskConfig
+from observable_tasks.creating import TaskCreation
 from observable_tasks.current import remember_manager
 from observable_tasks.errors import TaskManagerClosedError, TaskNotFoundError
-from observable_tasks.feed import EventHub, TaskEvent, iterate
-from observable_tasks.invocation import check_call
-from observable_tasks.job import _NO_KWARGS, _ended_cancelled, _Job, check_progress, check_timeout
+from observable_tasks.feed import EventHub
+from observable_tasks.job import _ended_cancelled, _Job, check_progress, check_timeout
 from observable_tasks.middleware import (
     OBSERVER_HOOKS,
     TaskMiddleware,
     TaskObserver,
     guard,
 )
-from observable_tasks.query import check_query, count_statuses, matcher, query_memory
-from observable_tasks.retry import RetryPolicy, check_key, start_delay
+from observable_tasks.notify import HookDispatch
+from observable_tasks.query import TaskQueries
 from observable_tasks.scheduler import MemoryScheduler
 from observable_tasks.status import TaskStatus
-from observable_tasks.task import Task, new_task_id
+from observable_tasks.task import Task
 from observable_tasks.threads import SyncThreads
-from observable_tasks.watchdog import LoopWatchdog, log_stall
+from observable_tasks.watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from observable_tasks.backends.redis.backend import RedisBackend
@@ -54,11 +46,6 @@ logger = logging.getLogger("observable_tasks")
 TaskCallback = Callable[[Task], Awaitable[None] | None]
 """Called with the task once it reaches a final status (sync or async)."""
 
-_HAS_TASK_CONTEXT = sys.version_info >= (3, 11)
-_get_running_loop = asyncio.events._get_running_loop
-_Plan = tuple[RetryPolicy | None, float | None, datetime | None, str | None]
-"""``retry``, ``delay``, ``eta`` and ``key`` as given to create_task (not checked yet)."""
-
 
 class _State(enum.Enum):
     IDLE = "idle"  # usable, started lazily by the first task
@@ -67,7 +54,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class TaskManager(MemoryScheduler):
+class TaskManager(TaskCreation, TaskQueries, HookDispatch, MemoryScheduler):
     """Runs background tasks with a concurrency limit, timeouts, cancellation and history.
 
     ``TaskManager(config)`` works standalone (no app needed); ``setup_tasks(app)`` makes one and
@@ -183,6 +170,9 @@ class TaskManager(MemoryScheduler):
         """Names of the installed middleware, outermost first."""
         return [name for name, _ in self._middleware]
 
+    # Creating tasks: creating.py; console queries: query.py; failsafe hooks: notify.py; the
+    # memory backend's scheduling: scheduler.py.
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
@@ -257,204 +247,6 @@ class TaskManager(MemoryScheduler):
             self._set_state(_State.CLOSED)
             if self._watchdog is not None:
                 self._watchdog.stop()
-
-    # -- creating tasks -----------------------------------------------------------------------
-
-    def submit(
-        self,
-        func: Callable[..., Any],
-        *args: Any,
-        name: str | None = None,
-        timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-        delay: float | None = None,
-        eta: datetime | None = None,
-        key: str | None = None,
-        **kwargs: Any,
-    ) -> Task:
-        """Create a task and schedule it; returns at once. Safe to call from any thread.
-
-        ``name`` is the display name (default: the function's name); ``timeout`` overrides
-        ``config.default_timeout``; ``retry`` overrides ``config.retry``. ``delay`` (seconds)
-        or ``eta`` (a timezone-aware datetime) start it later: PENDING until then, holding no
-        slot. With ``key``, while a task created with the same key is unfinished, that task is
-        returned instead of a new one. Other arguments go to ``func`` (pass a function's own
-        ``name``/``timeout``/``retry``/``delay``/``eta``/``key`` arguments by position).
-        Raises ``TypeError`` for a non-callable, a coroutine object or arguments that do not
-        fit ``func``, ``ValueError`` for a bad timeout, delay, eta or key, and
-        :class:`TaskManagerClosedError` during shutdown. On Redis the record is written in the
-        background (a failure is logged); ``await create_task`` to learn of it. ``key`` is
-        refused there (``ValueError``): only ``await create_task(..., key=...)`` can return the
-        task holding it.
-        """
-        plan = None
-        if retry is not None or delay is not None or eta is not None or key is not None:
-            plan = (retry, delay, eta, key)
-        if self._remote is not None:
-            if key is not None:  # the holder is only known once Redis answered
-                raise ValueError(
-                    "submit(key=...) cannot return the task holding the key on the Redis "
-                    "backend (Redis decides, across processes); use "
-                    "'await manager.create_task(..., key=...)'"
-                )
-            return self._submit_remote(func, args, kwargs, name, timeout, plan).value
-        return self._submit(func, args, kwargs, name, timeout, plan)
-
-    def create_task(
-        self,
-        func: Callable[..., Any],
-        *args: Any,
-        name: str | None = None,
-        timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-        delay: float | None = None,
-        eta: datetime | None = None,
-        key: str | None = None,
-        **kwargs: Any,
-    ) -> Done[Task]:
-        """``await manager.create_task(func, *args, name=..., timeout=..., **kwargs)``.
-
-        ``retry``, ``delay``, ``eta`` and ``key`` as in :meth:`submit`. The task is created
-        when this is called (errors are raised right here), so the call also works un-awaited
-        from a worker thread: ``manager.create_task(f).result()``. On the Redis backend the
-        record is written when awaited (the write is already under way if it is not), and
-        :class:`~observable_tasks.backends.TaskBackendError` says so at once when Redis cannot
-        be reached; with ``key``, the awaited task is the one that holds the key.
-        """
-        plan = None
-        if retry is not None or delay is not None or eta is not None or key is not None:
-            plan = (retry, delay, eta, key)
-        if self._remote is not None:
-            return self._submit_remote(func, args, kwargs, name, timeout, plan)
-        return Done(self._submit(func, args, kwargs, name, timeout, plan))
-
-    def _planned(self, plan: _Plan | None, wall: float) -> tuple[RetryPolicy, float, str | None]:
-        """The policy, the seconds until the first attempt and the key, checked."""
-        if plan is None:
-            return self.config.retry, 0.0, None
-        retry, delay, eta, key = plan
-        if retry is None:
-            retry = self.config.retry
-        elif not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
-        wait = 0.0 if delay is None and eta is None else start_delay(delay, eta, wall)
-        if key is not None:
-            check_key(key)
-        return retry, wait, key
-
-    def _submit_remote(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        name: str | None,
-        timeout: float | None,
-        plan: _Plan | None = None,
-    ) -> Done[Task]:
-        assert self._remote is not None
-        shape = check_call(func, args, kwargs)
-        if not self._accepting:
-            raise TaskManagerClosedError(
-                "the TaskManager is shutting down (or shut down) and accepts no new tasks"
-            )
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string, got {type(name).__name__}")
-        if timeout is None:
-            timeout = self.config.default_timeout
-        else:
-            check_timeout(timeout)
-        fn = shape.name
-        wall = time.time()  # a Redis task's times are wall clock, comparable across machines
-        policy, wait, key = self._planned(plan, wall)
-        task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, wall)
-        task.max_attempts = policy.max_attempts
-        task.key = key
-        if wait > 0.0:
-            task._next_wall = wall + wait
-        fields = self._remote.prepare(task, func, args, kwargs, policy)  # refusals raise here
-        if self._listeners["on_submit"]:
-            self._notify("on_submit", task)  # e.g. the tracer adds its headers to the record
-        return self._remote.enqueue(task, fields, self._created)
-
-    def _created(self, task: Task) -> None:
-        # The backend accepted the task: only now is it counted and logged as created.
-        if self._listeners["on_created"]:
-            self._notify("on_created", task)
-
-    def _submit(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        name: str | None,
-        timeout: float | None,
-        plan: _Plan | None = None,
-    ) -> Task:
-        shape = check_call(func, args, kwargs)  # first: it also closes a coroutine object
-        if not self._accepting:
-            raise TaskManagerClosedError(
-                "the TaskManager is shutting down (or shut down) and accepts no new tasks"
-            )
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string, got {type(name).__name__}")
-        if timeout is None:
-            timeout = self.config.default_timeout
-        elif (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not (math.isfinite(timeout) and timeout > 0)
-        ):
-            check_timeout(timeout)
-        wall = time.time()
-        if plan is None:  # the usual case, without the checks of _planned
-            policy, wait, key = self.config.retry, 0.0, None
-        else:
-            policy, wait, key = self._planned(plan, wall)
-        loop = self._loop
-        in_loop = (loop is not None and _get_running_loop() is loop) or self._on_loop_thread()
-        fn = shape.name
-        task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, self._clock())
-        task.max_attempts = policy.max_attempts
-        if wait > 0.0:
-            task._next_wall = wall + wait
-        # No keywords (the usual case): the shared empty dict, so the call's own is freed now.
-        job = _Job(task, func, args, kwargs or _NO_KWARGS, shape, policy)
-        task_id = task.id
-        if key is not None:
-            with self._key_lock:
-                holder = self._jobs.get(self._keys.get(key, ""))
-                if holder is not None:
-                    return holder.task  # unfinished: the producer sent this one already
-                task.key = key
-                self._keys[key] = task_id
-                self._tasks[task_id] = task
-                self._jobs[task_id] = job
-        else:
-            # Single dict stores are atomic, so threads may create tasks without a lock.
-            self._tasks[task_id] = task
-            self._jobs[task_id] = job
-        if self._listeners["on_submit"]:
-            self._notify("on_submit", task)
-        if self._listeners["on_created"]:
-            self._notify("on_created", task)
-        if self._hub.subscribers:
-            self._hub.publish("created", task)
-        if wait > 0.0:
-            if in_loop:
-                self._plan(job, wait)
-            else:
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._plan, job, wait)
-            return task
-        if in_loop:
-            if self._running < self.config.max_concurrent_tasks and self._accepting:
-                self._start(job)  # the common case of _admit, inlined: this is the hot path
-            else:
-                self._admit(job)
-        else:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._admit, job)
-        return task
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -536,81 +328,6 @@ class TaskManager(MemoryScheduler):
             key=lambda task: task._next_wall or 0.0,
         )
         return [job.task for job in list(self._pending)] + planned
-
-    # -- for consoles: pages, counts, workers, events -------------------------------------------
-
-    async def query_tasks(
-        self,
-        status: TaskStatus | str | None = None,
-        function: str | None = None,
-        search: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-    ) -> tuple[list[Task], str | None]:
-        """One page of tasks, newest first, and the cursor of the next page (``None``: last).
-
-        ``status``: only that status; ``function``: only that function (its qualified name,
-        ``task.function``, exactly); ``search``: a name containing it or an id starting with
-        it, ignoring case. ``cursor`` comes from the previous call; ``limit`` is 1 to 500.
-        Pages cover every task that stays known exactly once, whatever is created meanwhile.
-        Cost is per page, not per known task: the memory backend walks its dict from the newest
-        end, Redis reads the index with ``ZREVRANGEBYSCORE ... LIMIT`` and the records in one
-        pipeline. With filters, Redis looks at most 2,000 index entries per call, so a page may
-        hold fewer than ``limit`` tasks while a next cursor is still returned.
-        ``ValueError`` for an unknown status, a bad limit or a cursor that is not one.
-        """
-        wanted, limit = check_query(status, limit)
-        match = matcher(wanted, function, search)
-        if self._remote is not None:
-            return await self._remote.query_tasks(match, cursor, limit)
-        return query_memory(self._tasks, match, cursor, limit)
-
-    async def count_tasks(self) -> dict[TaskStatus, int]:
-        """How many known tasks have each status (every status present, zeros included).
-
-        Memory: a pass over the known tasks; Redis: their statuses read in pipelined chunks.
-        """
-        if self._remote is not None:
-            return await self._remote.count_tasks()
-        return count_statuses([task.status for task in list(self._tasks.values())])
-
-    async def list_workers(self) -> list[dict[str, Any]]:
-        """Processes that execute tasks: ``id``, ``last_seen`` (wall seconds), ``alive``...
-
-        Redis: every worker registered in the queue (alive when seen within a lease; plus
-        ``running`` for this process' own); memory: this process, with ``running``,
-        ``pending`` and ``concurrency``.
-        """
-        if self._remote is not None:
-            return await self._remote.list_workers()
-        return [
-            {
-                "id": f"{socket.gethostname()}-{os.getpid()}",
-                "last_seen": time.time(),
-                "alive": self._accepting,
-                "running": self._running,
-                "pending": self.pending_count,
-                "concurrency": self.config.max_concurrent_tasks,
-            }
-        ]
-
-    def task_events(
-        self, *, last_event_id: str | None = None, maxlen: int = 1000
-    ) -> AsyncGenerator[TaskEvent, None]:
-        """``async for event in manager.task_events(): ...``: tasks created, started, making
-        progress and finished, as :class:`~observable_tasks.feed.TaskEvent` (kind and Task).
-
-        Call on the event loop: the subscription starts at the call. Each subscriber has a
-        queue of ``maxlen`` events; one that lags loses the oldest (``event.dropped`` says how
-        many), tasks never wait for it. Progress events of a task coalesce while queued. On
-        Redis the events come from the queue's events stream (every process' tasks; the first
-        subscriber of a process also gets those of the second before it subscribed); with
-        ``last_event_id`` (an earlier ``event.id``) the ones after it that the stream still
-        holds are replayed first. Stop iterating (or ``aclose()``) to unsubscribe.
-        """
-        if self._remote is not None:
-            return self._remote.task_events(last_event_id, maxlen)
-        return iterate(self._hub.subscribe(maxlen))
 
     # -- acting on tasks ----------------------------------------------------------------------
 
@@ -755,7 +472,7 @@ class TaskManager(MemoryScheduler):
             evicted += 1
         return evicted
 
-    # -- internals: failsafe hooks ------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------------
 
     def _finished(self, task_id: str) -> Task:
         """A known task that has no execution state left (it finished); else NotFound."""
@@ -763,71 +480,6 @@ class TaskManager(MemoryScheduler):
         if task is None:
             raise TaskNotFoundError(task_id)
         return task
-
-    def _notify(self, hook: str, task: Task, *args: Any) -> None:
-        for component, method in self._listeners[hook]:
-            try:
-                method(task, *args)
-            except Exception as exc:
-                self.report_internal_error(component, exc)
-
-    def _emit(self, hook: str, *args: Any) -> None:
-        """:meth:`_notify` for hooks without a task argument."""
-        for component, method in self._listeners[hook]:
-            try:
-                method(*args)
-            except Exception as exc:
-                self.report_internal_error(component, exc)
-
-    def _loop_lag(self, lag: float) -> None:  # the watchdog's heartbeat, on the loop
-        if self._listeners["on_loop_lag"]:
-            self._emit("on_loop_lag", lag)
-
-    def _loop_stalled(self, running: asyncio.Task[Any] | None, seconds: float) -> None:
-        # The watchdog's thread, while the loop is blocked: find the task by its asyncio task.
-        found = None
-        if running is not None:
-            found = next((j.task for j in list(self._jobs.values()) if j.aio is running), None)
-        if self._listeners["on_loop_stall"]:
-            self._emit("on_loop_stall", found, seconds)
-        else:
-            log_stall(found, seconds)
-
-    def _abandoned(self, change: int) -> None:  # from SyncThreads: +1 / -1
-        if self._listeners["on_threads_abandoned"]:
-            self._emit("on_threads_abandoned", change)
-
-    def _run_callback(self, callback: TaskCallback, task: Task) -> None:
-        try:
-            outcome = callback(task)
-            if inspect.isawaitable(outcome):
-                bg = asyncio.ensure_future(outcome)
-                self._background.add(bg)
-                bg.add_done_callback(self._callback_done)
-        except Exception as exc:
-            self.report_internal_error("callback", exc)
-
-    def _callback_done(self, bg: asyncio.Future[Any]) -> None:
-        self._background.discard(bg)
-        if not bg.cancelled() and bg.exception() is not None:
-            exc = bg.exception()
-            assert exc is not None
-            self.report_internal_error("callback", exc)
-
-    def report_internal_error(self, component: str, exc: BaseException) -> None:
-        """A failure in telemetry or user hooks: count it and log it, never fail the task."""
-        self.internal_errors[component] += 1
-        for _, hook in self._listeners["on_internal_error"]:
-            # Reporting must not recurse: an error in this hook is only in the log line below.
-            with contextlib.suppress(Exception):
-                hook(component, exc)
-        logger.warning(
-            "observable_tasks: %s raised %s: %s (the task is not affected)",
-            component,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-        )
 
     @property
     def backend(self) -> RedisBackend | None:

@@ -7,11 +7,20 @@ known, whatever is created meanwhile (new tasks are newer: they come before the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+import os
+import socket
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
+from observable_tasks.feed import TaskEvent, iterate
 from observable_tasks.status import TaskStatus
 from observable_tasks.task import Task
+
+if TYPE_CHECKING:
+    from observable_tasks.backends.redis.backend import RedisBackend
+    from observable_tasks.config import TaskConfig
+    from observable_tasks.feed import EventHub
 
 __all__ = ["MAX_LIMIT", "Matcher", "decode_cursor", "encode_cursor", "matcher", "query_memory"]
 
@@ -110,3 +119,94 @@ def count_statuses(statuses: Iterable[Any]) -> dict[TaskStatus, int]:
     for status in statuses:
         counts[status] += 1
     return counts
+
+
+class TaskQueries:
+    """The manager's console methods: pages, counts, workers, events (a mixin of
+    :class:`~observable_tasks.manager.TaskManager`; the Redis backend answers them itself)."""
+
+    # Set up by TaskManager.__init__.
+    config: TaskConfig
+    _remote: RedisBackend | None
+    _tasks: dict[str, Task]
+    _running: int
+    _accepting: bool
+    _hub: EventHub
+
+    if TYPE_CHECKING:
+
+        @property
+        def pending_count(self) -> int: ...
+
+    async def query_tasks(
+        self,
+        status: TaskStatus | str | None = None,
+        function: str | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Task], str | None]:
+        """One page of tasks, newest first, and the cursor of the next page (``None``: last).
+
+        ``status``: only that status; ``function``: only that function (its qualified name,
+        ``task.function``, exactly); ``search``: a name containing it or an id starting with
+        it, ignoring case. ``cursor`` comes from the previous call; ``limit`` is 1 to 500.
+        Pages cover every task that stays known exactly once, whatever is created meanwhile.
+        Cost is per page, not per known task: the memory backend walks its dict from the newest
+        end, Redis reads the index with ``ZREVRANGEBYSCORE ... LIMIT`` and the records in one
+        pipeline. With filters, Redis looks at most 2,000 index entries per call, so a page may
+        hold fewer than ``limit`` tasks while a next cursor is still returned.
+        ``ValueError`` for an unknown status, a bad limit or a cursor that is not one.
+        """
+        wanted, limit = check_query(status, limit)
+        match = matcher(wanted, function, search)
+        if self._remote is not None:
+            return await self._remote.query_tasks(match, cursor, limit)
+        return query_memory(self._tasks, match, cursor, limit)
+
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        """How many known tasks have each status (every status present, zeros included).
+
+        Memory: a pass over the known tasks; Redis: their statuses read in pipelined chunks.
+        """
+        if self._remote is not None:
+            return await self._remote.count_tasks()
+        return count_statuses([task.status for task in list(self._tasks.values())])
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Processes that execute tasks: ``id``, ``last_seen`` (wall seconds), ``alive``...
+
+        Redis: every worker registered in the queue (alive when seen within a lease; plus
+        ``running`` for this process' own); memory: this process, with ``running``,
+        ``pending`` and ``concurrency``.
+        """
+        if self._remote is not None:
+            return await self._remote.list_workers()
+        return [
+            {
+                "id": f"{socket.gethostname()}-{os.getpid()}",
+                "last_seen": time.time(),
+                "alive": self._accepting,
+                "running": self._running,
+                "pending": self.pending_count,
+                "concurrency": self.config.max_concurrent_tasks,
+            }
+        ]
+
+    def task_events(
+        self, *, last_event_id: str | None = None, maxlen: int = 1000
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """``async for event in manager.task_events(): ...``: tasks created, started, making
+        progress and finished, as :class:`~observable_tasks.feed.TaskEvent` (kind and Task).
+
+        Call on the event loop: the subscription starts at the call. Each subscriber has a
+        queue of ``maxlen`` events; one that lags loses the oldest (``event.dropped`` says how
+        many), tasks never wait for it. Progress events of a task coalesce while queued. On
+        Redis the events come from the queue's events stream (every process' tasks; the first
+        subscriber of a process also gets those of the second before it subscribed); with
+        ``last_event_id`` (an earlier ``event.id``) the ones after it that the stream still
+        holds are replayed first. Stop iterating (or ``aclose()``) to unsubscribe.
+        """
+        if self._remote is not None:
+            return self._remote.task_events(last_event_id, maxlen)
+        return iterate(self._hub.subscribe(maxlen))
