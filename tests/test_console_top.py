@@ -71,3 +71,19 @@ def test_render_is_plain_text() -> None:
     assert all(len(line) <= 60 for line in screen.splitlines())
     assert "33.3%" in screen
     assert "RUNNING 1" in screen
+
+
+def test_render_shows_the_attempt_of_a_retried_task() -> None:
+    screen = render(
+        {"counts": {"RUNNING": 2, "FAILED": 1}, "total": 3},
+        [
+            {"name": "first-try", "progress": 10, "attempts": 1, "max_attempts": 3},
+            {"name": "second-try", "progress": 20, "attempts": 2, "max_attempts": 3},
+        ],
+        [{"name": "gave-up", "attempts": 3, "max_attempts": 3, "error_type": "OSError"}],
+        width=120,
+    )
+    rows = {line.split()[0]: line for line in screen.splitlines() if line.startswith("  ")}
+    assert "attempt" not in rows["first-try"]
+    assert "attempt 2/3" in rows["second-try"]
+    assert "attempt 3/3" in rows["gave-up"]

@@ -40,6 +40,14 @@ def _bar(progress: float, width: int = 20) -> str:
     return "█" * filled + "░" * (width - filled) + f" {value:5.1f}%"
 
 
+def _attempt(task: dict[str, Any]) -> str:
+    """`` attempt 2/3`` for a task past its first attempt (a retry), else nothing."""
+    attempts = task.get("attempts") or 0
+    if not isinstance(attempts, int) or attempts < 2:
+        return ""
+    return f"  attempt {attempts}/{task.get('max_attempts') or '?'}"
+
+
 def render(counts: dict[str, Any], running: list[dict[str, Any]], failed: list[dict[str, Any]],
            width: int = 100, url: str = "") -> str:  # fmt: skip
     """The screen as text (no escape codes)."""
@@ -50,14 +58,14 @@ def render(counts: dict[str, Any], running: list[dict[str, Any]], failed: list[d
     name_width = max(10, width - 45)
     for task in running:
         name = _clean(task.get("name"), name_width)
-        row = f"  {name:<{name_width}} {_bar(task.get('progress', 0))}"
+        row = f"  {name:<{name_width}} {_bar(task.get('progress', 0))}{_attempt(task)}"
         lines.append(_clean(row, width))
     if not running:
         lines.append("  (none)")
     lines += ["", "LATEST FAILURES"]
     for task in failed:
         error = f"{task.get('error_type') or ''}: {task.get('error') or ''}"
-        lines.append(_clean(f"  {task.get('name')}  {error}", width))
+        lines.append(_clean(f"  {task.get('name')}{_attempt(task)}  {error}", width))
     if not failed:
         lines.append("  (none)")
     return "\n".join(lines)
