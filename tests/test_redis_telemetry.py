@@ -124,3 +124,24 @@ async def test_queue_gauges_are_read_from_redis_at_scrape_time(sides: dict[str, 
     assert web.sample(names.QUEUE_WORKERS, **labels) == 1
     assert worker.sample(names.TASKS_CONCURRENCY_LIMIT) == 4
     await asyncio.sleep(0)
+
+
+async def test_a_pending_task_cancelled_is_counted_and_logged_where_it_was_cancelled(
+    redis_url: str,
+) -> None:
+    queue = secrets.token_hex(4)
+    with captured_structlog() as logs:
+        web = Side(redis_url, queue, execute=False)  # no worker: the task stays queued
+        await web.manager.start()
+        task = await web.manager.create_task(add, 1, 1)
+        later = await web.manager.create_task(add, 2, 2, delay=600)
+        assert await web.manager.cancel_task(task.id)
+        assert await web.manager.cancel_task(later.id)
+        fn = f"{__name__}.add"
+        assert web.sample(names.TASKS_FINISHED + "_total", task=fn, status="cancelled") == 2
+        lines = [e for e in logs.entries if e["event"] == "task.cancelled"]
+        assert sorted(e["task_id"] for e in lines) == sorted([task.id, later.id])
+        assert all(e["was_running"] is False for e in lines)
+        assert not await web.manager.cancel_task(task.id)  # once
+        assert web.sample(names.TASKS_FINISHED + "_total", task=fn, status="cancelled") == 2
+        await web.manager.shutdown(timeout=1.0)

@@ -532,6 +532,12 @@ class RedisBackend:
         outcome = await self.scripts.cancel(task_id)
         if outcome is None:
             return False
+        if outcome == "cancelled" and self.manager is not None:
+            # Ended here, never started: this process counts and logs it (as the memory
+            # backend does), since no worker will.
+            cancelled = await self.aget_task(task_id)
+            if cancelled is not None and self.manager._listeners["on_cancelled_pending"]:
+                self.manager._notify("on_cancelled_pending", cancelled)
         if outcome == "running" and self.worker is not None:
             self.worker.cancel_local(task_id)  # ours: no need to wait for the pub/sub message
         del client
