@@ -21,7 +21,9 @@ from structlog.tracebacks import ExceptionDictTransformer
 
 from observable_tasks.errors import TaskTimeoutError
 from observable_tasks.status import TaskStatus
+from observable_tasks.telemetry import _render
 from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
+from observable_tasks.telemetry._render import UtcIsoTimestamper
 from observable_tasks.telemetry.names import (
     LOG_EVENTS,
     LOG_FIELDS,
@@ -312,7 +314,7 @@ def configure_logging(
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcIsoTimestamper(),  # TimeStamper(fmt="iso", utc=True)'s format, formatted once a second
         add_trace_context,
     ]
     if json:
@@ -320,7 +322,7 @@ def configure_logging(
         tracebacks = ExceptionDictTransformer(show_locals=show_locals)
         processors += [
             structlog.processors.ExceptionRenderer(tracebacks),
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_render.dumps),  # orjson, as ASCII
         ]
     else:
         processors.append(
