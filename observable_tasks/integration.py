@@ -65,6 +65,7 @@ def setup_tasks(
     allow: Iterable[str] = (),
     max_task_labels: int = 200,
     console: bool | ConsoleOptions = False,
+    log_started: bool = False,
 ) -> TaskManager:
     """Give ``app`` a task manager tied to its lifespan, instrumented, and return it.
 
@@ -76,7 +77,8 @@ def setup_tasks(
     ``tracing`` (span per task; ``tracer_provider``, default the global one), ``metrics``
     (Prometheus; ``registry``, default the global one; ``namespace``, default ``observable``;
     served at ``metrics_path``, ``None`` for no route; at most ``max_task_labels`` distinct task
-    function labels, the rest folded into ``__other__``), ``logs`` (structlog; ``logger``).
+    function labels, the rest folded into ``__other__``), ``logs`` (structlog; ``logger``;
+    ``task.created`` and the outcome at INFO, ``task.started`` at DEBUG unless ``log_started``).
     ``trace_requests=True`` also traces the app's HTTP requests (needs the ``asgi`` extra,
     ``opentelemetry-instrumentation-asgi``), so a trace shows request -> send -> process.
     User ``middleware`` runs inside the telemetry (the task's span is current in it).
@@ -118,6 +120,7 @@ def setup_tasks(
             namespace=namespace or names.DEFAULT_NAMESPACE,
             max_task_labels=max_task_labels,
             logger=logger,
+            log_started=log_started,
         )
         on_stop.append(parts.close)
         if metrics and metrics_path:

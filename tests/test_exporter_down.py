@@ -274,7 +274,7 @@ async def test_dead_and_raising_exporters_and_broken_hooks_never_stall_or_fail_t
     observer = BrokenObserver()
     before, after = BrokenMiddleware("before"), BrokenMiddleware("after")
     log = CapturingLogger()
-    instrument(manager, tracer_provider=provider, registry=registry, logger=log)
+    instrument(manager, tracer_provider=provider, registry=registry, logger=log, log_started=True)
     manager.add_observer(observer)
     manager.add_middleware(before, name="broken_before")
     manager.add_middleware(after, name="broken_after")

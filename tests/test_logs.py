@@ -30,20 +30,57 @@ async def test_lifecycle_events_carry_task_fields_and_user_logs_carry_the_task_i
         # Nothing the task bound leaks back into the creating context.
         assert "task_id" not in structlog.contextvars.get_contextvars()
         events = [e["event"] for e in kit.events() if e.get("task_id") == task.id]
-        assert events == ["task.created", "task.started", "user.step", "task.completed"]
-        created, started, user, completed = [e for e in kit.events() if e.get("task_id") == task.id]
+        # Arrival and outcome at INFO (task.started is DEBUG by default, see below).
+        assert events == ["task.created", "user.step", "task.completed"]
+        created, user, completed = [e for e in kit.events() if e.get("task_id") == task.id]
         assert created["task_name"] == "nice name"
         assert created["task_function"] == task.function
         assert created["status"] == "pending"
         assert completed["status"] == "completed"
         assert completed["duration_s"] >= 0
-        assert started["queue_wait_s"] >= 0
+        assert completed["queue_wait_s"] >= 0  # what the started line told
+        assert completed["task_function"] == task.function
         assert user["task_name"] == "nice name"
         assert "request_id" not in user  # the task runs in a fresh context
-        trace_ids = {e["trace_id"] for e in (created, started, user, completed)}
+        trace_ids = {e["trace_id"] for e in (created, user, completed)}
         assert len(trace_ids) == 1
+        assert user["span_id"] == completed["span_id"]  # the process span
+        assert created["span_id"] != completed["span_id"]  # the send span
+
+
+@pytest.mark.parametrize("how", ["log_started", "debug_level"])
+async def test_task_started_line_on_request(how: str) -> None:
+    async def work() -> int:
+        log.info("user.step")
+        return 1
+
+    if how == "log_started":  # at INFO, beside the default INFO lines
+        kit_cm = instrumented(log_started=True)
+    else:  # TaskConfig(log_level="DEBUG"): every event, task.started at DEBUG
+        kit_cm = instrumented(TaskConfig(log_level="DEBUG"))
+    with kit_cm as kit:
+        task = await kit.manager.create_task(work)
+        await kit.manager.wait_for_task(task.id)
+        events = [e for e in kit.events() if e.get("task_id") == task.id]
+        assert [e["event"] for e in events] == [
+            "task.created",
+            "task.started",
+            "user.step",
+            "task.completed",
+        ]
+        created, started, user, _ = events
+        assert started["log_level"] == ("info" if how == "log_started" else "debug")
+        assert started["status"] == "running"
+        assert started["queue_wait_s"] >= 0
+        assert started["task_function"] == task.function
         assert user["span_id"] == started["span_id"]  # the process span
         assert created["span_id"] != started["span_id"]  # the send span
+
+
+def test_started_level_is_debug_or_info() -> None:
+    assert TaskLogger(level=10, started_level=20)._started_level == 20
+    with pytest.raises(ValueError, match="started_level"):
+        TaskLogger(started_level=30)
 
 
 async def test_failure_and_timeout_events() -> None:

@@ -8,6 +8,7 @@ user's own middleware would; the core never imports this package. ``setup_tasks(
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,7 @@ def instrument(
     namespace: str = names.DEFAULT_NAMESPACE,
     max_task_labels: int = 200,
     logger: Any = None,
+    log_started: bool = False,
 ) -> Instrumentation:
     """Attach tracing, metrics and logging to ``manager`` (each can be switched off).
 
@@ -83,7 +85,8 @@ def instrument(
     ``metrics``, ``logs``) and skipped; the task and the other parts are not affected.
     ``tracer_provider`` defaults to the global provider, ``registry`` to prometheus_client's
     global registry, ``logger`` to ``structlog.get_logger("observable_tasks")``; logs honour
-    ``manager.config.log_level``.
+    ``manager.config.log_level``. A task logs ``task.created`` and its outcome at INFO;
+    ``task.started`` is DEBUG unless ``log_started=True`` (then INFO too).
     """
     tracer = metric = log = None
     parts: list[TelemetryPart] = []
@@ -98,7 +101,11 @@ def instrument(
         metric.attach(manager)
         parts.append(metric)
     if logs:
-        log = TaskLogger(logger, level=manager.config.log_level_no)
+        log = TaskLogger(
+            logger,
+            level=manager.config.log_level_no,
+            started_level=logging.INFO if log_started else logging.DEBUG,
+        )
         parts.append(log)
     if parts:
         pipeline = TelemetryPipeline(parts, report=manager.report_internal_error)

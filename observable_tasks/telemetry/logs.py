@@ -49,6 +49,10 @@ class TaskLogger(TelemetryPart):
     """Logs part: structlog events for each task's life, task ids bound while it runs.
 
     ``level`` (e.g. ``TaskConfig.log_level``) drops events below it before any work is done.
+    ``task.started`` is logged at ``started_level``: DEBUG by default, so a task writes two
+    lines at INFO, its arrival (``task.created``) and its outcome (``task.completed``, ...), as
+    Celery does; the outcome line carries ``queue_wait_s`` (what the started line added) and
+    ``duration_s``. ``started_level=logging.INFO`` logs it at INFO as well.
     Progress is logged when it moved by at least ``progress_step`` points, and at 100.
 
     The last logged progress is remembered per running task, for at most ``max_tracked``
@@ -65,11 +69,15 @@ class TaskLogger(TelemetryPart):
         level: int = logging.INFO,
         progress_step: float = 10.0,
         max_tracked: int = 1024,
+        started_level: int = logging.DEBUG,
     ) -> None:
         if max_tracked < 1:
             raise ValueError(f"max_tracked must be >= 1, got {max_tracked!r}")
+        if started_level not in (_DEBUG, _INFO):
+            raise ValueError(f"started_level must be DEBUG or INFO, got {started_level!r}")
         self._log = logger if logger is not None else structlog.get_logger("observable_tasks")
         self._level = level
+        self._started_level = started_level
         self._step = progress_step
         self._max_tracked = max_tracked
         # Insertion-ordered: the first key is the oldest entry.
@@ -188,10 +196,13 @@ class TaskLogger(TelemetryPart):
             fields[_F.SPAN_ID] = format(ctx.span_id, "016x")
         if task.attempts > 1:
             fields[_F.ATTEMPT] = task.attempts  # a retry (a first attempt is not worth a field)
-        if self._level <= _INFO:
-            self._log.info(
-                LOG_EVENTS["started"], **fields, status="running", queue_wait_s=task.queue_wait
-            )
+        fields[_F.QUEUE_WAIT] = task.queue_wait  # on the outcome line too (started is DEBUG)
+        started = self._started_level
+        if self._level <= started:
+            if started == _INFO:
+                self._log.info(LOG_EVENTS["started"], **fields, status="running")
+            else:
+                self._log.debug(LOG_EVENTS["started"], **fields, status="running")
         return fields
 
     def end(
