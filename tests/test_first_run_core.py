@@ -180,7 +180,7 @@ async def test_async_generator_functions_are_refused(mgr: TaskManager, func: Any
 
 
 async def test_a_task_that_swallows_cancellation_at_shutdown_is_counted_once() -> None:
-    with instrumented(TaskConfig(max_concurrent_tasks=2)) as kit:
+    with instrumented(TaskConfig(max_concurrent_tasks=2), log_started=True) as kit:
         ignored = asyncio.Event()
         release = asyncio.Event()
         ended = asyncio.Event()

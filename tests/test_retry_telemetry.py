@@ -86,7 +86,7 @@ async def test_retries_counter_and_outcome_counted_once() -> None:
 
 
 async def test_task_retrying_log_lines_carry_attempt_delay_and_error_type() -> None:
-    with instrumented() as kit:
+    with instrumented(log_started=True) as kit:  # task.started is DEBUG by default
         task = await kit.manager.create_task(flaky_function(2), retry=POLICY)
         await kit.manager.wait_for_task(task.id, timeout=10)
         retrying = kit.events(LOG_EVENTS["retrying"])
