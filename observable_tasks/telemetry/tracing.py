@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from observable_tasks.middleware import outcome_status
 from observable_tasks.status import TaskStatus
@@ -37,6 +40,24 @@ __all__ = ["TaskTracer"]
 
 
 _MAX_FUNCTIONS = 1000  # cached per-function data; more functions than this are just not cached
+_MAX_SENT = 4096  # send-span contexts kept for tasks not started yet; the oldest go first
+_TRACEPARENT = "traceparent"
+_DEFAULT_PROPAGATORS = (
+    [TraceContextTextMapPropagator, W3CBaggagePropagator],  # OTel's default: tracecontext,baggage
+    [TraceContextTextMapPropagator],
+)
+
+
+def _round_trips(textmap: object) -> bool:
+    """True when ``textmap`` is OpenTelemetry's own W3C propagation (the default one, or trace
+    context alone): its ``extract`` of a lone ``traceparent`` header gives back exactly the span
+    context that was injected, and nothing else (no baggage, no trace state)."""
+    if type(textmap) is TraceContextTextMapPropagator:
+        return True
+    if type(textmap) is CompositePropagator:
+        kinds = [type(p) for p in getattr(textmap, "_propagators", ())]
+        return kinds in _DEFAULT_PROPAGATORS
+    return False
 
 
 class _Static:
@@ -69,6 +90,11 @@ class TaskTracer(TelemetryPart):
         # None: the global provider, resolved lazily so a provider installed later still counts.
         self._tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
         self._static: dict[str, _Static] = {}
+        # task id -> (its traceparent header, its send span's context), from on_submit to begin:
+        # a task started in the process that created it skips parsing its own header back.
+        self._sent: dict[str, tuple[str, SpanContext]] = {}
+        self._textmap: object = None  # the global propagator last checked by _round_trips
+        self._textmap_round_trips = False
 
     def _for(self, function: str) -> _Static:
         static = self._static.get(function)
@@ -92,14 +118,45 @@ class TaskTracer(TelemetryPart):
             static.send_name, kind=SpanKind.PRODUCER, attributes=attributes
         )
         try:
-            propagate.inject(task.headers, context=trace.set_span_in_context(span))
+            headers = task.headers
+            propagate.inject(headers, context=trace.set_span_in_context(span))
+            if len(headers) == 1:  # a lone traceparent (no baggage, no trace state)
+                value = headers.get(_TRACEPARENT)
+                if value is not None:
+                    self._remember(task.id, value, span.get_span_context())
         finally:
             span.end()
 
+    def _remember(self, task_id: str, traceparent: str, context: SpanContext) -> None:
+        sent = self._sent
+        sent[task_id] = (traceparent, context)
+        while len(sent) > _MAX_SENT:  # tasks that never start here (web-only, cancelled)
+            try:
+                sent.pop(next(iter(sent)), None)
+            except (RuntimeError, StopIteration):  # changed by another thread meanwhile
+                continue
+
+    def _parent(self, task: Task) -> otel_context.Context:
+        """The context the task's process span is parented to: what ``propagate.extract`` of
+        its headers gives, without parsing them back when this tracer injected them."""
+        headers = task._headers
+        if not headers:
+            return otel_context.Context()
+        sent = self._sent.pop(task.id, None) if self._sent else None
+        if sent is not None and len(headers) == 1 and headers.get(_TRACEPARENT) == sent[0]:
+            textmap = propagate.get_global_textmap()
+            if textmap is not self._textmap:
+                self._textmap_round_trips = _round_trips(textmap)
+                self._textmap = textmap
+            if self._textmap_round_trips:
+                ctx = sent[1]
+                remote = SpanContext(ctx.trace_id, ctx.span_id, True, ctx.trace_flags)
+                return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
+        return propagate.extract(headers)
+
     def begin(self, task: Task) -> tuple[trace.Span, object]:
         static = self._for(task.function)
-        headers = task.headers
-        parent = propagate.extract(headers) if headers else otel_context.Context()
+        parent = self._parent(task)
         attributes = static.process_attributes.copy()
         attributes[ATTR.MESSAGE_ID] = task.id
         attributes[ATTR.TASK_NAME] = task.name
