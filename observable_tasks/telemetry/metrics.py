@@ -25,6 +25,7 @@ from observable_tasks.middleware import outcome_status
 from observable_tasks.status import TaskStatus
 from observable_tasks.telemetry import names
 from observable_tasks.telemetry._common import error_type
+from observable_tasks.telemetry._histogram import observe_with_exemplar
 from observable_tasks.telemetry.exemplars import (
     ExemplarStore,
     bucket_layout,
@@ -410,6 +411,8 @@ class TaskMetrics(TelemetryPart):
         if wait is not None:
             if exemplar is None:
                 bound.queue_wait.observe(wait)
+            elif self._f.exemplar_store is None:  # one process: prometheus_client keeps it
+                observe_with_exemplar(bound.queue_wait, wait, exemplar)
             else:
                 self._observe_with(
                     bound.queue_wait,
@@ -435,7 +438,7 @@ class TaskMetrics(TelemetryPart):
     ) -> None:
         store = self._f.exemplar_store
         if store is None:
-            child.observe(value, exemplar)  # prometheus_client keeps the latest per bucket
+            observe_with_exemplar(child, value, exemplar)  # the latest kept per bucket
         else:  # multiprocess: prometheus_client would drop it; this process's store keeps it
             child.observe(value)
             store.record(bucket_name, labels, layout[0], layout[1], value, exemplar)
@@ -471,6 +474,8 @@ class TaskMetrics(TelemetryPart):
                 self._f.errors.labels(label, self._f.error_types(error_type(error))).inc()
         if exemplar is None:
             bound.duration[status].observe(elapsed)
+        elif self._f.exemplar_store is None:
+            observe_with_exemplar(bound.duration[status], elapsed, exemplar)
         else:
             self._observe_with(
                 bound.duration[status],
