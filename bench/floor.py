@@ -62,6 +62,12 @@ def _counting(tally: Tally[str]) -> Iterator[None]:
 
     wrap(prom_metrics.Counter, "inc", "counter_inc")
     wrap(prom_metrics.Histogram, "observe", "histogram_observe")
+    try:  # the library's observations with an exemplar, which bypass Histogram.observe
+        from observable_tasks.telemetry import _histogram
+    except ImportError:
+        pass
+    else:
+        wrap(_histogram, "observe_with_exemplar", "histogram_observe")
     for attr in ("inc", "dec", "set"):
         wrap(prom_metrics.Gauge, attr, "gauge_ops")
     wrap(propagate, "inject", "inject")

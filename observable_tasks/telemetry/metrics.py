@@ -23,9 +23,8 @@ from prometheus_client.registry import Collector
 
 from observable_tasks.middleware import outcome_status
 from observable_tasks.status import TaskStatus
-from observable_tasks.telemetry import names
+from observable_tasks.telemetry import _histogram, names
 from observable_tasks.telemetry._common import error_type
-from observable_tasks.telemetry._histogram import observe_with_exemplar
 from observable_tasks.telemetry.exemplars import (
     ExemplarStore,
     bucket_layout,
@@ -412,7 +411,7 @@ class TaskMetrics(TelemetryPart):
             if exemplar is None:
                 bound.queue_wait.observe(wait)
             elif self._f.exemplar_store is None:  # one process: prometheus_client keeps it
-                observe_with_exemplar(bound.queue_wait, wait, exemplar)
+                _histogram.observe_with_exemplar(bound.queue_wait, wait, exemplar)
             else:
                 self._observe_with(
                     bound.queue_wait,
@@ -438,7 +437,7 @@ class TaskMetrics(TelemetryPart):
     ) -> None:
         store = self._f.exemplar_store
         if store is None:
-            observe_with_exemplar(child, value, exemplar)  # the latest kept per bucket
+            _histogram.observe_with_exemplar(child, value, exemplar)  # the latest per bucket
         else:  # multiprocess: prometheus_client would drop it; this process's store keeps it
             child.observe(value)
             store.record(bucket_name, labels, layout[0], layout[1], value, exemplar)
@@ -475,7 +474,7 @@ class TaskMetrics(TelemetryPart):
         if exemplar is None:
             bound.duration[status].observe(elapsed)
         elif self._f.exemplar_store is None:
-            observe_with_exemplar(bound.duration[status], elapsed, exemplar)
+            _histogram.observe_with_exemplar(bound.duration[status], elapsed, exemplar)
         else:
             self._observe_with(
                 bound.duration[status],
