@@ -70,3 +70,28 @@ def test_configure_logging_json_lines_render_through_orjson() -> None:
     assert (record["event"], record["name"], record["big"]) == ("hello", "ü", 2**70)
     assert record["level"] == "info"
     assert record["timestamp"].endswith("Z")
+
+
+async def test_task_lines_name_their_spans_trace_flags_without_a_lookup() -> None:
+    from telemetry_kit import instrumented
+
+    from observable_tasks.telemetry.logs import add_trace_context
+
+    async def work() -> int:
+        return 1
+
+    with instrumented() as kit:
+        task = await kit.manager.create_task(work)
+        await kit.manager.wait_for_task(task.id)
+        (send,) = kit.send_spans()
+        (process,) = kit.process_spans()
+        (created,) = kit.events("task.created")
+        (completed,) = kit.events("task.completed")
+    assert created["span_id"] == format(send.context.span_id, "016x")
+    assert created["trace_flags"] == format(send.context.trace_flags, "02x")
+    assert completed["span_id"] == format(process.context.span_id, "016x")
+    assert completed["trace_flags"] == format(process.context.trace_flags, "02x")
+    # An event naming all three is left alone (no span is current here).
+    given = {"trace_id": "a" * 32, "span_id": "b" * 16, "trace_flags": "01"}
+    assert add_trace_context(None, "info", dict(given)) == given
+    assert add_trace_context(None, "info", {"x": 1}) == {"x": 1}

@@ -22,7 +22,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 from observable_tasks.errors import TaskTimeoutError
 from observable_tasks.status import TaskStatus
 from observable_tasks.telemetry import _render
-from observable_tasks.telemetry._common import error_type, trace_ids_from_headers
+from observable_tasks.telemetry._common import error_type, trace_context_from_headers
 from observable_tasks.telemetry._render import UtcIsoTimestamper
 from observable_tasks.telemetry.names import (
     LOG_EVENTS,
@@ -105,9 +105,9 @@ class TaskLogger(TelemetryPart):
         """Fields for events outside execution: the trace is that of the task's "send" span."""
         fields = TaskLogger._fields(task)
         headers = task._headers  # not .headers: that would create a dict for nothing
-        ids = trace_ids_from_headers(headers) if headers else None
-        if ids is not None:
-            fields[_F.TRACE_ID], fields[_F.SPAN_ID] = ids
+        found = trace_context_from_headers(headers) if headers else None
+        if found is not None:  # all three: add_trace_context has nothing to look up
+            fields[_F.TRACE_ID], fields[_F.SPAN_ID], fields[_F.TRACE_FLAGS] = found
         return fields
 
     def on_created(self, task: Task) -> None:
@@ -194,6 +194,8 @@ class TaskLogger(TelemetryPart):
         fields[_F.FUNCTION] = task.function
         if valid:
             fields[_F.SPAN_ID] = format(ctx.span_id, "016x")
+            # All three ids given: add_trace_context need not look the span up per line.
+            fields[_F.TRACE_FLAGS] = format(ctx.trace_flags, "02x")
         if task.attempts > 1:
             fields[_F.ATTEMPT] = task.attempts  # a retry (a first attempt is not worth a field)
         fields[_F.QUEUE_WAIT] = task.queue_wait  # on the outcome line too (started is DEBUG)
@@ -263,7 +265,12 @@ def add_trace_context(
     logger: Any, method_name: str, event_dict: structlog.typing.EventDict
 ) -> structlog.typing.EventDict:
     """structlog processor: top-level ``trace_id``, ``span_id``, ``trace_flags`` of the current
-    span (OTel's convention for trace context in non-OTLP logs). No span, no fields."""
+    span (OTel's convention for trace context in non-OTLP logs). No span, no fields.
+
+    An event that names all three already (the task events do) is left as it is, without
+    looking the current span up."""
+    if _F.TRACE_FLAGS in event_dict and _F.TRACE_ID in event_dict and _F.SPAN_ID in event_dict:
+        return event_dict
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         # An event that names its span (e.g. task.created names the task's "send" span, not
