@@ -182,6 +182,23 @@ class TaskCreation:
         if self._listeners["on_created"]:
             self._notify("on_created", task)
 
+    def _register(self, task: Task, job: _Job, key: str | None) -> Task | None:
+        """Store a planned task; with a key, under the key lock, unless an unfinished task
+        holds the key already: that one is returned (and nothing is stored)."""
+        if key is None:
+            self._tasks[task.id] = task
+            self._jobs[task.id] = job
+            return None
+        with self._key_lock:
+            holder = self._jobs.get(self._keys.get(key, ""))
+            if holder is not None:
+                return holder.task
+            task.key = key
+            self._keys[key] = task.id
+            self._tasks[task.id] = task
+            self._jobs[task.id] = job
+        return None
+
     def _submit(
         self,
         func: Callable[..., Any],
@@ -207,33 +224,32 @@ class TaskCreation:
         ):
             check_timeout(timeout)
         wall = time.time()
-        if plan is None:  # the usual case, without the checks of _planned
-            policy, wait, key = self.config.retry, 0.0, None
+        wait = 0.0
+        if plan is None:  # the usual case: the config's policy, read again only on a failure
+            policy = None
+            attempts = self.config.retry.max_attempts
         else:
             policy, wait, key = self._planned(plan, wall)
+            attempts = policy.max_attempts
         loop = self._loop
         in_loop = (loop is not None and _get_running_loop() is loop) or self._on_loop_thread()
         fn = shape.name
-        task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, self._clock())
-        task.max_attempts = policy.max_attempts
-        if wait > 0.0:
-            task._next_wall = wall + wait
+        task = Task(
+            new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, self._clock(), attempts
+        )
         # No keywords (the usual case): the shared empty dict, so the call's own is freed now.
         job = _Job(task, func, args, kwargs or _NO_KWARGS, shape, policy)
         task_id = task.id
-        if key is not None:
-            with self._key_lock:
-                holder = self._jobs.get(self._keys.get(key, ""))
-                if holder is not None:
-                    return holder.task  # unfinished: the producer sent this one already
-                task.key = key
-                self._keys[key] = task_id
-                self._tasks[task_id] = task
-                self._jobs[task_id] = job
-        else:
+        if plan is None:
             # Single dict stores are atomic, so threads may create tasks without a lock.
             self._tasks[task_id] = task
             self._jobs[task_id] = job
+        else:
+            if wait > 0.0:
+                task._next_wall = wall + wait
+            holder = self._register(task, job, key)
+            if holder is not None:
+                return holder  # unfinished, with the same key: the producer sent it already
         if self._listeners["on_submit"]:
             self._notify("on_submit", task)
         if self._listeners["on_created"]:

@@ -80,7 +80,7 @@ class _Job(Invocation):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         shape: CallShape,
-        policy: RetryPolicy,
+        policy: RetryPolicy | None,
     ) -> None:
         # Invocation's fields set here rather than through super().__init__: this is per task.
         self.func = func
@@ -88,7 +88,7 @@ class _Job(Invocation):
         self.kwargs = kwargs
         self.shape = shape
         self.task = task
-        self.policy = policy
+        self.policy = policy  # None: the manager's config.retry (looked up only on a failure)
         self.timer: asyncio.TimerHandle | None = None  # a planned start (delay, retry)
         self.aio: asyncio.Task[None] | None = None
         # Allocated on first use: most tasks have neither (memory per task matters).

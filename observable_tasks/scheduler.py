@@ -290,7 +290,8 @@ class MemoryScheduler:
         else:
             status = outcome_status(job.error)
             if status is not TaskStatus.CANCELLED:
-                wait = job.policy.plan(task.attempts, job.error)
+                policy = job.policy or self.config.retry
+                wait = policy.plan(task.attempts, job.error)
                 if wait is not None and self._accepting:
                     self._retry_later(job, wait)
                     return

@@ -74,6 +74,7 @@ class Task:
         timeout: float | None = None,
         wall_created: float = 0.0,
         mono_created: float = 0.0,
+        max_attempts: int = 1,
     ) -> None:
         self.id = id
         """Unique id (32 hex characters)."""
@@ -93,7 +94,7 @@ class Task:
         self.attempts = 0
         """Attempts started so far: 1 once it ran, more after retries (and, on Redis, after a
         lost worker's attempt ran again)."""
-        self.max_attempts = 1
+        self.max_attempts = max_attempts
         """Attempts its retry policy allows in all (``RetryPolicy.max_attempts``)."""
         self.key: str | None = None
         """The idempotency ``key=`` given at creation, else ``None``."""

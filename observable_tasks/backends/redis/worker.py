@@ -352,7 +352,7 @@ class Worker:
         if status is TaskStatus.FAILED or status is TaskStatus.TIMEOUT:
             assert error is not None
             error_bytes = json.dumps(error_info(error)).encode()
-            wait = job.policy.plan(job.number, error)
+            wait = (job.policy or _NO_RETRY).plan(job.number, error)  # always set here
         job.finishing = True  # a progress write refused from now on is no lost lease
         if wait is not None:
             assert error is not None
