@@ -171,9 +171,12 @@ class DemoProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
-    def simulate(self, outcome: str, seconds: float, timeout: float | None = None) -> str:
-        """``POST /simulate``: create one task, return its id."""
-        body: dict[str, Any] = {"outcome": outcome, "seconds": seconds}
+    def simulate(
+        self, outcome: str, seconds: float, timeout: float | None = None, **extra: Any
+    ) -> str:
+        """``POST /simulate``: create one task, return its id (``extra``: more body fields,
+        e.g. ``fail_attempts``, ``backoff``, ``delay``)."""
+        body: dict[str, Any] = {"outcome": outcome, "seconds": seconds, **extra}
         if timeout is not None:
             body["timeout"] = timeout
         response = self.client.post("/simulate", json=body)

@@ -8,12 +8,15 @@ drives it through four phases:
 2. saturation: 105 slow tasks, 3 running at the limit and 102 pending (> the backlog threshold
    of 100), until Prometheus activates the saturation and backlog alerts; then all 105 are
    cancelled (102 while pending, 3 while running);
-3. outcomes: 12 completed, 4 failed (ValueError), 2 failed (TaskError), 4 timed out.
+3. outcomes: 12 completed, 4 failed (ValueError), 2 failed (TaskError), 4 timed out;
+4. retries: 12 tasks whose first 3 attempts fail and are retried (36 retries, then 12 completed
+   on attempt 4), and one task planned 10 minutes ahead (scheduled: pending, yet no backlog),
+   cancelled at the end.
 
 Then every PromQL expression of every dashboard panel and every alert rule runs through the
 Prometheus HTTP API (dashboard variables substituted as Grafana would) and must return data, the
 counters must equal what was driven, and each alert must have become active in the phase that
-called for it, and only then (the retry storm alert never: nothing here retries). Skipped
+called for it, and only then. Skipped
 without the ``prometheus`` binary, except under CI=true.
 """
 
@@ -48,15 +51,19 @@ LIMIT = 3
 SATURATING = 105  # 3 running + 102 pending: above the backlog alert's threshold of 100
 WARMUP_COMPLETED = 2
 PHASE_C = {"complete": 12, "fail": 4, "task_error": 2, "timeout": 4}
+RETRIED = 12  # phase 4: tasks completing on their 4th attempt
+FAILED_ATTEMPTS = 3  # ... after 3 failed ones, each retried
+PLANNED = 1  # phase 4: a task planned 10 minutes ahead, then cancelled
 SEL = f'job="{JOB}"'
 
 EXPECTED_FINISHED = {
-    "completed": WARMUP_COMPLETED + PHASE_C["complete"],
+    "completed": WARMUP_COMPLETED + PHASE_C["complete"] + RETRIED,
     "failed": PHASE_C["fail"] + PHASE_C["task_error"],
     "timeout": PHASE_C["timeout"],
-    "cancelled": SATURATING,
+    "cancelled": SATURATING + PLANNED,
 }
-EXPECTED_CREATED = WARMUP_COMPLETED + SATURATING + sum(PHASE_C.values())
+EXPECTED_CREATED = WARMUP_COMPLETED + SATURATING + sum(PHASE_C.values()) + RETRIED + PLANNED
+EXPECTED_RETRIES = RETRIED * FAILED_ATTEMPTS
 EXPECTED_ERRORS = {
     "ValueError": PHASE_C["fail"],
     "TaskError": PHASE_C["task_error"],
@@ -66,20 +73,25 @@ EXPECTED_ERRORS = {
 # rate()/increase() cannot see a series' first increment: panels built on them show one less
 # per error type than the raw counter. The workload makes that exactly one (see _drive).
 ERRORS_SEEN_BY_INCREASE = {error: count - 1 for error, count in EXPECTED_ERRORS.items()}
-# Only started tasks have a duration: the 3 cancelled while running, not the 102 pending ones.
+# Only started tasks have a duration: the 3 cancelled while running, not the 102 pending ones
+# nor the planned one; a retried attempt is no outcome (no duration), its last attempt is.
 EXPECTED_DURATIONS = {**EXPECTED_FINISHED, "cancelled": LIMIT}
-EXPECTED_STARTED = WARMUP_COMPLETED + LIMIT + sum(PHASE_C.values())
+# Every attempt waited for a slot once (queue wait is observed per attempt).
+EXPECTED_STARTED = (
+    WARMUP_COMPLETED + LIMIT + sum(PHASE_C.values()) + RETRIED * (FAILED_ATTEMPTS + 1)
+)
 
 ALERT_PHASES = {
     "ObservableTasksSaturated": "saturation",
     "ObservableTasksPendingBacklogHigh": "saturation",
     "ObservableTasksHighFailureRatio": "outcomes",
     "ObservableTasksHighTimeoutRatio": "outcomes",
+    # 36 retries against 36 finished non-cancelled tasks in the window: a ratio of 1 > 0.5.
+    "ObservableTasksRetryStorm": "retries",
 }
-# Alerts this workload must never trigger: its failures and timeouts are not retried (the
-# default RetryPolicy retries nothing by itself), so there is no retry storm to see. Their
-# firing cases are promtool rule tests.
-QUIET_ALERTS = {"ObservableTasksRetryStorm"}
+# Alerts this workload must never trigger (none now: every rule has its phase; the not-firing
+# cases of each are promtool rule tests).
+QUIET_ALERTS: set[str] = set()
 
 
 @dataclass
@@ -190,7 +202,9 @@ def _drive(demo: DemoProcess, prom: PrometheusServer, w: Workload) -> None:
                 ids.append(demo.simulate(outcome, 1.0 if timeout else 0.05, timeout))
     wanted = {"completed": 12, "failed": 6, "timeout": 4}
     wait_for(lambda: demo.statuses(ids) == wanted, timeout=20, what="phase 3 tasks to finish")
-    for status, count in EXPECTED_FINISHED.items():
+    by_phase_3 = {**EXPECTED_FINISHED, "cancelled": SATURATING}
+    by_phase_3["completed"] -= RETRIED
+    for status, count in by_phase_3.items():
         expr = f'sum(observable_tasks_finished_total{{{SEL}, status="{status}"}})'
         _eventually(prom, expr, count, f"{count} {status} tasks in Prometheus")
     _eventually(
@@ -199,6 +213,32 @@ def _drive(demo: DemoProcess, prom: PrometheusServer, w: Workload) -> None:
         2,
         "the failure and timeout ratio alerts",
     )
+    _two_more_scrapes(prom)
+    marks["retries"] = time.time()
+
+    # 4. Retries: each task's first attempts fail (ValueError, retried after 0.05 s, 0.1 s,
+    # 0.2 s), the 4th completes; meanwhile a task planned for later waits without a slot.
+    planned = demo.simulate("complete", 0.05, delay=600)
+    _eventually(prom, f"sum(observable_tasks_scheduled{{{SEL}}})", PLANNED, "a scheduled task")
+    retried = [
+        demo.simulate("complete", 0.05, fail_attempts=FAILED_ATTEMPTS, backoff=0.05)
+        for _ in range(RETRIED)
+    ]
+    wait_for(lambda: demo.statuses(retried) == {"completed": RETRIED}, timeout=30, what="retried")
+    _eventually(
+        prom,
+        f"sum(observable_task_retries_total{{{SEL}}})",
+        EXPECTED_RETRIES,
+        f"{EXPECTED_RETRIES} retries in Prometheus",
+    )
+    _eventually(
+        prom, 'count(ALERTS{alertname="ObservableTasksRetryStorm"})', 1, "the retry storm alert"
+    )
+    assert demo.cancel(planned)
+    _eventually(prom, f"sum(observable_tasks_scheduled{{{SEL}}})", 0, "no scheduled task left")
+    for status, count in EXPECTED_FINISHED.items():
+        expr = f'sum(observable_tasks_finished_total{{{SEL}, status="{status}"}})'
+        _eventually(prom, expr, count, f"{count} {status} tasks in Prometheus")
     # Two more scrapes and rule evaluations of the final state: rate() and the range queries
     # ending at marks["end"] then see it.
     _two_more_scrapes(prom)
@@ -252,15 +292,18 @@ def test_counts_agree_with_the_workload(workload: Workload) -> None:
         DEMO_TASK: 1
     }
     assert prom.scalar(f"observable_tasks_concurrency_limit{{{SEL}}}", at) == LIMIT
-    # No retries (the default policy retries nothing), but the series exists from the task
-    # function's first task on, at 0, like the finished counters: rate() then sees a first retry.
-    retries = prom.scalar(f"sum(observable_task_retries_total{{{SEL}}})", at)
-    assert retries == 0, f"retries counter: {retries} (None: not created at 0 per task function)"
+    assert prom.scalar(f"sum(observable_task_retries_total{{{SEL}}})", at) == EXPECTED_RETRIES
+    # The series existed at 0 from the function's first task on (as the finished counters), so
+    # increase() over the run sees every retry, the first included.
+    before = prom.scalar(f"sum(observable_task_retries_total{{{SEL}}})", workload.marks["retries"])
+    assert before == 0, f"retries before phase 4: {before} (None: not created at 0)"
     window = f"[{math.ceil(workload.end - workload.start)}s]"  # raw samples: exact peaks
     peak_running = f"max(max_over_time(observable_tasks_running{{{SEL}}}{window}))"
     peak_pending = f"max(max_over_time(observable_tasks_pending{{{SEL}}}{window}))"
     assert prom.scalar(peak_running, at) == LIMIT
     assert prom.scalar(peak_pending, at) == SATURATING - LIMIT
+    peak_scheduled = f"max(max_over_time(observable_tasks_scheduled{{{SEL}}}{window}))"
+    assert prom.scalar(peak_scheduled, at) == PLANNED
     assert prom.scalar(f"sum(observable_tasks_running{{{SEL}}})", at) == 0
     last_success = prom.scalar(f"observable_task_last_success_timestamp_seconds{{{SEL}}}", at)
     assert last_success is not None
@@ -372,8 +415,8 @@ OVERVIEW_CHECKS: dict[str, Check] = {
     "Wait for a slot p95": _quantiles,
     "Wait for a slot p95 by task": _quantiles,
     "Finished tasks by status (time range)": _counts(EXPECTED_FINISHED, "status"),
-    "Retries by task": _max_is(0.0),
-    "Retries per finished task": _max_is(0.0),
+    "Retries by task": _positive,
+    "Retries per finished task": _positive,
 }
 TASK_CHECKS: dict[str, Check] = {
     "Created / s": _positive,
@@ -386,8 +429,8 @@ TASK_CHECKS: dict[str, Check] = {
     "Error types (time range)": _counts(ERRORS_SEEN_BY_INCREASE, "error_type"),
     "Failure and timeout ratio": _ratio,
     "Errors per second by type": _positive,
-    "Retries per second": _max_is(0.0),
-    "Retries per finished task": _max_is(0.0),
+    "Retries per second": _positive,
+    "Retries per finished task": _positive,
     "Duration p50 / p95 / p99": _quantiles,
     "Duration p95 by status": _quantiles,
     "Wait for a slot p50 / p95 / p99": _quantiles,
