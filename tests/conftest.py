@@ -87,3 +87,81 @@ def live_server() -> Iterator[Callable[[Any], LiveServer]]:
     yield start
     for server in reversed(started):
         server.__exit__(None, None, None)
+
+
+# -- Redis backend: a web-side manager and worker processes on a queue of the test's own -------
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name of the test's own: tests sharing a redis-server never see each other's."""
+    import secrets
+
+    return secrets.token_hex(4)
+
+
+@pytest.fixture
+async def web(queue: str) -> AsyncIterator[Callable[..., TaskManager]]:
+    """``web(url, **backend_options)``: a web-side manager on ``queue`` (runs no task)."""
+    from observable_tasks.backends.redis import RedisBackend
+
+    made: list[TaskManager] = []
+
+    def factory(url: str, **options: Any) -> TaskManager:
+        options.setdefault("lease", 1.0)
+        backend = RedisBackend(url, queue=queue, execute=False, **options)
+        manager = TaskManager(TaskConfig(shutdown_timeout=1.0), backend=backend)
+        made.append(manager)
+        return manager
+
+    yield factory
+    for manager in made:
+        await manager.shutdown(timeout=1.0)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, queue: str) -> Iterator[Callable[..., Any]]:
+    """``workers(url, **options)``: a ready ``observable-tasks worker`` process on ``queue``."""
+    from worker_process import WorkerProcess
+
+    made: list[WorkerProcess] = []
+
+    def factory(url: str, **options: Any) -> WorkerProcess:
+        options.setdefault("queue", queue)
+        worker = WorkerProcess(tmp_path / "workers", url, **options)
+        made.append(worker)
+        return worker.wait_ready()
+
+    yield factory
+    for worker in made:
+        worker.stop(timeout=10)
+
+
+# -- one manager per test on the backend of the parameter: memory, then Redis -----------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., TaskManager]]:
+    """``make(**config_fields)``: a manager on the parameter's backend (Redis: a real server,
+    a queue of the test's own). Shut down after the test; the module's ``GATES`` are cleared."""
+    import secrets
+
+    made: list[TaskManager] = []
+    queue = secrets.token_hex(4)
+
+    def factory(**config: Any) -> TaskManager:
+        config.setdefault("shutdown_timeout", 1.0)
+        backend: Any = None
+        if request.param == "redis":
+            from observable_tasks.backends.redis import RedisBackend
+
+            url = request.getfixturevalue("redis_url")
+            backend = RedisBackend(url, queue=queue, lease=2.0)
+        manager = TaskManager(TaskConfig(**config), backend=backend)
+        made.append(manager)
+        return manager
+
+    yield factory
+    for manager in made:
+        await manager.shutdown(timeout=1.0)
+    getattr(request.module, "GATES", {}).clear()

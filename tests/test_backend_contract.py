@@ -4,13 +4,12 @@ redis-server started here). What differs by design is tested in test_redis_backe
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from observable_tasks import TaskConfig, TaskError, TaskManager, TaskStatus, update_task_progress
+from observable_tasks import TaskError, TaskManager, TaskStatus, update_task_progress
 
 # -- task functions: module level, so that they can cross processes -------------------------
 
@@ -49,32 +48,7 @@ def sync_double(value: int) -> int:
     return value * 2
 
 
-# -- one manager per test, on the backend of the parameter ----------------------------------
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def make(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[Callable[..., TaskManager]]:
-    made: list[TaskManager] = []
-    queue = secrets.token_hex(4)  # a queue of its own: tests do not see each other's tasks
-
-    def factory(**config: Any) -> TaskManager:
-        config.setdefault("shutdown_timeout", 1.0)
-        backend: Any = None
-        if request.param == "redis":
-            from observable_tasks.backends.redis import RedisBackend
-
-            url = request.getfixturevalue("redis_url")
-            backend = RedisBackend(url, queue=queue, lease=2.0)
-        manager = TaskManager(TaskConfig(**config), backend=backend)
-        made.append(manager)
-        return manager
-
-    yield factory
-    for manager in made:
-        await manager.shutdown(timeout=1.0)
-    GATES.clear()
+# -- helpers (the `make` fixture, one manager per test on each backend, is in conftest.py) --
 
 
 def gate(name: str) -> str:

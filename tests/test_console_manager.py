@@ -4,15 +4,12 @@ one contract over both backends: memory and Redis (a real redis-server started h
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from observable_tasks import (
     RetryPolicy,
-    TaskConfig,
     TaskManager,
     TaskStatus,
     current_task,
@@ -44,28 +41,6 @@ async def report(task_id: str, gate: str) -> str:
     await update_task_progress(task_id, 40.0)
     await GATES[gate].wait()
     return "done"
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def make(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., TaskManager]]:
-    made: list[TaskManager] = []
-    queue = secrets.token_hex(4)
-
-    def factory(**config: Any) -> TaskManager:
-        config.setdefault("shutdown_timeout", 1.0)
-        backend: Any = None
-        if request.param == "redis":
-            from observable_tasks.backends.redis import RedisBackend
-
-            backend = RedisBackend(request.getfixturevalue("redis_url"), queue=queue, lease=2.0)
-        manager = TaskManager(TaskConfig(**config), backend=backend)
-        made.append(manager)
-        return manager
-
-    yield factory
-    for manager in made:
-        await manager.shutdown(timeout=1.0)
-    GATES.clear()
 
 
 async def _finished(manager: TaskManager, n: int, *, prefix: str = "job") -> list[str]:

@@ -15,7 +15,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ sys.path.insert(0, str(APPS))
 
 import redis_tasks
 
-from observable_tasks import TaskConfig, TaskManager, TaskStatus
-from observable_tasks.backends.redis import Keys, RedisBackend, Scripts, TaskBackendError
+from observable_tasks import TaskManager, TaskStatus
+from observable_tasks.backends.redis import Keys, Scripts, TaskBackendError
 from observable_tasks.backends.redis.codec import JsonSerializer, encode_payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -46,44 +46,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def queue() -> str:
-    return secrets.token_hex(4)
-
-
-@pytest.fixture
-async def web(queue: str) -> AsyncIterator[Callable[..., TaskManager]]:
-    """``web(url, **backend_options)``: a started web-side manager (runs no task)."""
-    made: list[TaskManager] = []
-
-    def factory(url: str, **options: Any) -> TaskManager:
-        options.setdefault("lease", 1.0)
-        backend = RedisBackend(url, queue=queue, execute=False, **options)
-        manager = TaskManager(TaskConfig(shutdown_timeout=1.0), backend=backend)
-        made.append(manager)
-        return manager
-
-    yield factory
-    for manager in made:
-        await manager.shutdown(timeout=1.0)
-
-
-@pytest.fixture
-def workers(tmp_path: Path, queue: str) -> Iterator[WorkerFactory]:
-    """``workers(url, **options)``: a ready worker process on the test's queue."""
-    made: list[WorkerProcess] = []
-
-    def factory(url: str, **options: Any) -> WorkerProcess:
-        options.setdefault("queue", queue)
-        worker = WorkerProcess(tmp_path / "workers", url, **options)
-        made.append(worker)
-        return worker.wait_ready()
-
-    yield factory
-    for worker in made:
-        worker.stop(timeout=10)
 
 
 def lines(path: Path) -> list[str]:

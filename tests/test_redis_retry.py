@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,44 +50,6 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
     srv = RedisServer(tmp_path / "redis", appendonly=True).start()
     yield srv
     srv.kill()
-
-
-@pytest.fixture
-def queue() -> str:
-    return secrets.token_hex(4)
-
-
-@pytest.fixture
-async def web(queue: str) -> AsyncIterator[WebFactory]:
-    """``web(url, **backend_options)``: a web-side manager (runs no task)."""
-    made: list[TaskManager] = []
-
-    def factory(url: str, **options: Any) -> TaskManager:
-        options.setdefault("lease", 1.0)
-        backend = RedisBackend(url, queue=queue, execute=False, **options)
-        manager = TaskManager(TaskConfig(shutdown_timeout=1.0), backend=backend)
-        made.append(manager)
-        return manager
-
-    yield factory
-    for manager in made:
-        await manager.shutdown(timeout=1.0)
-
-
-@pytest.fixture
-def workers(tmp_path: Path, queue: str) -> Iterator[WorkerFactory]:
-    """``workers(url, **options)``: a ready worker process on the test's queue."""
-    made: list[WorkerProcess] = []
-
-    def factory(url: str, **options: Any) -> WorkerProcess:
-        options.setdefault("queue", queue)
-        worker = WorkerProcess(tmp_path / "workers", url, **options)
-        made.append(worker)
-        return worker.wait_ready()
-
-    yield factory
-    for worker in made:
-        worker.stop(timeout=10)
 
 
 def lines(path: Path, prefix: str = "") -> list[str]:

@@ -8,13 +8,13 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from observable_tasks import Retry, RetryPolicy, TaskConfig, TaskManager, TaskStatus
+from observable_tasks import Retry, RetryPolicy, TaskManager, TaskStatus
 from observable_tasks.feed import TaskEvent
 
 # -- task functions: module level, so that they can cross processes -------------------------
@@ -85,29 +85,7 @@ def fast(max_attempts: int = 3, **options: Any) -> RetryPolicy:
     return RetryPolicy(max_attempts=max_attempts, backoff=0.05, jitter=False, **options)
 
 
-# -- one manager per test, on the backend of the parameter ----------------------------------
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def make(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., TaskManager]]:
-    made: list[TaskManager] = []
-    queue = secrets.token_hex(4)
-
-    def factory(**config: Any) -> TaskManager:
-        config.setdefault("shutdown_timeout", 1.0)
-        backend: Any = None
-        if request.param == "redis":
-            from observable_tasks.backends.redis import RedisBackend
-
-            backend = RedisBackend(request.getfixturevalue("redis_url"), queue=queue, lease=2.0)
-        manager = TaskManager(TaskConfig(**config), backend=backend)
-        made.append(manager)
-        return manager
-
-    yield factory
-    for manager in made:
-        await manager.shutdown(timeout=1.0)
-    GATES.clear()
+# -- helpers (the `make` fixture, one manager per test on each backend, is in conftest.py) --
 
 
 async def next_event(manager: TaskManager, kind: str, task_id: str, events: Any) -> TaskEvent:
