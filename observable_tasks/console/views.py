@@ -69,7 +69,6 @@ def task_view(task: Task, manager: TaskManager, options: ConsoleOptions) -> dict
         job = manager._jobs.get(task.id)
         if job is not None:
             args, kwargs = list(job.args), dict(job.kwargs)
-    done = task.status.is_terminal
     trace_id = trace_id_of(task)
     trace_url = None
     if trace_id is not None and options.trace_url is not None:
@@ -82,10 +81,8 @@ def task_view(task: Task, manager: TaskManager, options: ConsoleOptions) -> dict
         "progress": task.progress,
         "created_at": _iso(task.created_at),
         "started_at": _iso(task.started_at),
-        # Only once final: a task waiting to retry (or running its next attempt) has not
-        # finished, whatever its last attempt left in the record.
-        "finished_at": _iso(task.completed_at) if done else None,
-        "duration_s": _rounded(task.duration) if done else None,
+        "finished_at": _iso(task.completed_at),
+        "duration_s": _rounded(task.duration),
         "queue_wait_s": _rounded(task.queue_wait),
         "attempts": task.attempts,
         "max_attempts": task.max_attempts,
