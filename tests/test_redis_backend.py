@@ -19,8 +19,15 @@ from nexios import NexiosApp
 from nexios.testclient import TestClient
 from redis_server import RedisServer, redis_server_available
 
-from observable_tasks import TaskConfig, TaskManager, TaskStatus, create_task, setup_tasks
-from observable_tasks.backends.redis import RedisBackend
+from observable_tasks import (
+    RetryPolicy,
+    TaskConfig,
+    TaskManager,
+    TaskStatus,
+    create_task,
+    setup_tasks,
+)
+from observable_tasks.backends.redis import Keys, RedisBackend
 
 pytestmark = pytest.mark.skipif(not redis_server_available(), reason="needs redis-server")
 
@@ -31,6 +38,14 @@ async def echo(value: Any) -> Any:
 
 async def unstorable() -> Any:
     return {1, 2, 3}  # a set: JSON cannot carry it
+
+
+GATES: dict[str, asyncio.Event] = {}
+
+
+async def fail_when_let(gate: str) -> None:
+    await GATES[gate].wait()
+    raise ValueError("let go")
 
 
 def spawn_child(value: int) -> str:
@@ -122,6 +137,38 @@ async def test_a_record_naming_a_function_not_allowed_never_runs(
     assert done.status is TaskStatus.FAILED
     assert "not allowed" in str(done.error)
     assert not marker.exists()
+
+
+async def test_a_read_older_than_the_task_never_takes_it_back(redis_url: str) -> None:
+    # The console's events reader sends HGETALL, and the worker may run the rest of an attempt
+    # on the same loop before the reply is handled (CI saw it: a retrying task showed a remote
+    # copy of its error instead of the original exception). Replayed here with a real reply
+    # read while the attempt ran, handed to the backend after the retry was recorded.
+    queue = secrets.token_hex(4)
+    backend = RedisBackend(redis_url, queue=queue, lease=2.0)
+    manager = TaskManager(TaskConfig(shutdown_timeout=1.0), backend=backend)
+    await manager.start()
+    try:
+        gate = GATES[queue] = asyncio.Event()
+        policy = RetryPolicy(max_attempts=2, on=(ValueError,), backoff=60.0, jitter=False)
+        task = await manager.create_task(fail_when_let, queue, retry=policy)
+        await async_wait_until(lambda: task.status is TaskStatus.RUNNING)
+        raw = redis.Redis.from_url(redis_url).hgetall(Keys(queue).task(task.id))
+        gate.set()
+        await async_wait_until(lambda: task.status is TaskStatus.PENDING and task.error)
+        original = task.error
+        assert isinstance(original, ValueError)
+
+        backend._task_from(raw)  # the late reply of a read sent while attempt 1 ran
+
+        assert (task.status, task.attempts, task.error) == (TaskStatus.PENDING, 1, original)
+        assert task.next_attempt_at is not None
+        fresh = await manager.aget_task(task.id)  # a current read keeps the original too
+        assert fresh is task
+        assert fresh.error is original
+    finally:
+        GATES.pop(queue, None)
+        await manager.shutdown(timeout=1.0)
 
 
 async def test_max_task_history_is_applied_in_redis(pair: tuple[TaskManager, TaskManager]) -> None:

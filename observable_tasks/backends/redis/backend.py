@@ -486,6 +486,11 @@ class RedisBackend:
                 created,  # times of Redis tasks are wall clock: the monotonic stamps too
             )
             self._live[record.id] = task
+        elif _stage(record.status, record.attempts) < _stage(task.status, task.attempts):
+            # Read before a change this process already applied (a reply that waited behind
+            # the worker's next steps on this loop): setting it would take the task back in
+            # time, and a later read would replace the original exception by a remote copy.
+            return task
         task.status = record.status
         task.progress = record.progress
         task.attempts = record.attempts
@@ -849,6 +854,15 @@ class RedisBackend:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _stage(status: TaskStatus, attempts: int) -> tuple[int, int]:
+    """Where a state is in a task's life, ordered: ``(attempts, 0)`` running an attempt, then
+    ``(attempts, 1)`` waiting for the next (or, with 0 attempts, for the first), then
+    ``(attempts, 2)`` finished."""
+    if status is TaskStatus.RUNNING:
+        return attempts, 0
+    return attempts, 2 if status.is_terminal else 1
 
 
 def _same_error(error: BaseException, info: Mapping[str, Any]) -> bool:
