@@ -167,7 +167,7 @@ class TaskCreation:
         fn = shape.name
         wall = time.time()  # a Redis task's times are wall clock, comparable across machines
         policy, wait, key = self._planned(plan, wall)
-        task = Task(new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, wall)
+        task = Task(new_task_id(), name or shape.short_name, fn, timeout, wall, wall)
         task.max_attempts = policy.max_attempts
         task.key = key
         if wait > 0.0:
@@ -235,7 +235,7 @@ class TaskCreation:
         in_loop = (loop is not None and _get_running_loop() is loop) or self._on_loop_thread()
         fn = shape.name
         task = Task(
-            new_task_id(), name or fn.rpartition(".")[2], fn, timeout, wall, self._clock(), attempts
+            new_task_id(), name or shape.short_name, fn, timeout, wall, self._clock(), attempts
         )
         # No keywords (the usual case): the shared empty dict, so the call's own is freed now.
         job = _Job(task, func, args, kwargs or _NO_KWARGS, shape, policy)
@@ -265,7 +265,8 @@ class TaskCreation:
             return task
         if in_loop:
             if self._running < self.config.max_concurrent_tasks and self._accepting:
-                self._start(job)  # the common case of _admit, inlined: this is the hot path
+                # The common case of _admit, inlined (the hot path); it starts as it is created.
+                self._start(job, task._mono_created)
             else:
                 self._admit(job)
         else:

@@ -41,7 +41,7 @@ def _function_key(func: types.FunctionType) -> _FunctionKey:
 class CallShape:
     """What checking a call found out: shared by every call of the same shape (cached)."""
 
-    __slots__ = ("is_async", "name", "wants_task_id")
+    __slots__ = ("is_async", "name", "short_name", "wants_task_id")
 
     def __init__(self, is_async: bool, wants_task_id: bool, name: str) -> None:
         self.is_async = is_async
@@ -50,6 +50,8 @@ class CallShape:
         """The function has a ``task_id`` parameter the caller did not fill: inject it."""
         self.name = name
         """``module.qualname`` of the function (see :func:`function_name`)."""
+        self.short_name = name.rpartition(".")[2]
+        """The last part of :attr:`name`: a task's name when ``name=`` is not given."""
 
 
 class Invocation:

@@ -142,11 +142,12 @@ class MemoryScheduler:
         task._mono_ready = self._clock()  # its wait for a slot starts now
         self._admit(job)
 
-    def _start(self, job: _Job) -> None:
+    def _start(self, job: _Job, now: float | None = None) -> None:
         # Only ever called with a PENDING job (see _admit), so PENDING -> RUNNING is valid.
+        # ``now``: the clock just read by a caller that starts the task at once (create_task).
         task = job.task
         task.status = TaskStatus.RUNNING
-        task._mono_started = self._clock()
+        task._mono_started = self._clock() if now is None else now
         if task.attempts:  # a retry: a fresh attempt state
             job.again()
             task.error = None
@@ -185,7 +186,11 @@ class MemoryScheduler:
                 try:
                     if job.cancel_requested:  # cancel_task() came before the first step
                         raise asyncio.CancelledError
-                    result = await job.start(task.id, self._threads)
+                    shape = job.shape
+                    if shape.is_async and not shape.wants_task_id and not job.kwargs:
+                        result = await job.func(*job.args)  # job.start's usual case, inlined
+                    else:
+                        result = await job.start(task.id, self._threads)
                 except BaseException as exc:
                     self._failure(job, exc)
                     raise
