@@ -52,11 +52,15 @@ class TaskCreation:
     _pending: collections.deque[_Job]
     _listeners: dict[str, list[tuple[str, Callable[..., Any]]]]
     _hub: EventHub
+    # The config's values read for every task (TaskManager.config sets them).
+    _max_concurrent: int
+    _default_timeout: float | None
+    _default_attempts: int
 
     if TYPE_CHECKING:  # provided by TaskManager and its other parts
 
         def _on_loop_thread(self) -> bool: ...
-        def _start(self, job: _Job) -> None: ...
+        def _start(self, job: _Job, now: float | None = None) -> None: ...
         def _admit(self, job: _Job) -> None: ...
         def _plan(self, job: _Job, wait: float) -> None: ...
         def _notify(self, hook: str, task: Task, *args: Any) -> None: ...
@@ -216,7 +220,7 @@ class TaskCreation:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         if timeout is None:
-            timeout = self.config.default_timeout
+            timeout = self._default_timeout
         elif (
             isinstance(timeout, bool)
             or not isinstance(timeout, (int, float))
@@ -227,7 +231,7 @@ class TaskCreation:
         wait = 0.0
         if plan is None:  # the usual case: the config's policy, read again only on a failure
             policy = None
-            attempts = self.config.retry.max_attempts
+            attempts = self._default_attempts
         else:
             policy, wait, key = self._planned(plan, wall)
             attempts = policy.max_attempts
@@ -264,7 +268,7 @@ class TaskCreation:
                 self._loop.call_soon_threadsafe(self._plan, job, wait)
             return task
         if in_loop:
-            if self._running < self.config.max_concurrent_tasks and self._accepting:
+            if self._running < self._max_concurrent and self._accepting:
                 # The common case of _admit, inlined (the hot path); it starts as it is created.
                 self._start(job, task._mono_created)
             else:

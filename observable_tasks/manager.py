@@ -63,6 +63,15 @@ class TaskManager(TaskCreation, TaskQueries, HookDispatch, MemoryScheduler):
     also safe from other threads (e.g. a sync task running in a worker thread).
     """
 
+    # Slots for what every task reads: an instance dict past 30 names loses CPython's fast
+    # attribute access for all of them (the parts' classes still give instances a __dict__).
+    __slots__ = (
+        "_accepting", "_chain", "_clock", "_config", "_default_attempts", "_default_timeout",
+        "_delayed", "_history", "_history_limit", "_hub", "_jobs", "_keys", "_listeners",
+        "_loop", "_max_concurrent", "_middleware", "_pending", "_remote", "_result_ttl",
+        "_running", "_tasks", "_threads",
+    )  # fmt: skip
+
     def __init__(
         self,
         app: Any = None,
@@ -92,7 +101,7 @@ class TaskManager(TaskCreation, TaskQueries, HookDispatch, MemoryScheduler):
         nexios-contrib does; ``setup_tasks(app)`` ties the manager to the app by itself.
         """
         self._shutdown_hooked = False
-        self.config = config if config is not None else TaskConfig()
+        self.config = config if config is not None else TaskConfig()  # see the property
         self._hub = EventHub()  # task events for live views (memory backend; Redis has its own)
         # Where tasks live when not in this process (None: here, the memory backend). Imported
         # lazily: the memory backend needs no Redis client.
@@ -134,6 +143,21 @@ class TaskManager(TaskCreation, TaskQueries, HookDispatch, MemoryScheduler):
         for obs in observers:
             self.add_observer(obs)
         remember_manager(self, as_default=False)
+
+    @property
+    def config(self) -> TaskConfig:
+        """The manager's :class:`TaskConfig` (frozen; assign a new one to change it)."""
+        return self._config
+
+    @config.setter
+    def config(self, config: TaskConfig) -> None:
+        self._config = config
+        # Read for every task: plain attributes, not two lookups each time.
+        self._max_concurrent = config.max_concurrent_tasks
+        self._default_timeout = config.default_timeout
+        self._default_attempts = config.retry.max_attempts
+        self._history_limit = config.max_task_history if config.enable_task_history else 0
+        self._result_ttl = config.task_result_ttl
 
     # -- extension points ---------------------------------------------------------------------
 

@@ -62,6 +62,10 @@ class MemoryScheduler:
     _threads: SyncThreads
     _watchdog: LoopWatchdog | None
     _hub: EventHub
+    # The config's values read for every task (TaskManager.config sets them).
+    _max_concurrent: int
+    _history_limit: int  # 0: no history kept
+    _result_ttl: float
 
     if TYPE_CHECKING:  # provided by TaskManager
 
@@ -325,7 +329,7 @@ class MemoryScheduler:
             self._admit_next()
 
     def _admit_next(self) -> None:
-        limit = self.config.max_concurrent_tasks
+        limit = self._max_concurrent
         while self._pending and self._running < limit and self._accepting:
             self._start(self._pending.popleft())
 
@@ -349,9 +353,8 @@ class MemoryScheduler:
             for callback in job.callbacks:
                 self._run_callback(callback, task)
             job.callbacks = None
-        config = self.config
-        limit = config.max_task_history
-        if not config.enable_task_history or limit == 0:
+        limit = self._history_limit
+        if limit == 0:  # no history kept
             self._forget(task)
             return
         history = self._history
@@ -361,9 +364,7 @@ class MemoryScheduler:
             if self._tasks.pop(old.id, None) is not None and self._listeners["on_evicted"]:
                 self._notify("on_evicted", old)
         # TTL on completion too; checked inline here as this runs for every task.
-        if (history[0]._mono_finished or 0.0) <= (
-            (task._mono_finished or 0.0) - config.task_result_ttl
-        ):
+        if (history[0]._mono_finished or 0.0) <= ((task._mono_finished or 0.0) - self._result_ttl):
             self.cleanup()
 
     def _forget(self, task: Task) -> None:
