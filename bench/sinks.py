@@ -127,10 +127,13 @@ def make_json_logger(
             structlog.processors.JSONRenderer(),
         ]
     )
-    logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+    proxy = structlog.wrap_logger(
         structlog.WriteLogger(stream),  # type: ignore[arg-type]
         processors=chain,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
+    # The bound logger itself, not the lazy proxy: what the library's own default logger is
+    # once structlog caches it (configure_logging), so every variant logs as production does.
+    logger: structlog.typing.FilteringBoundLogger = proxy.bind()
     return logger

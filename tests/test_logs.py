@@ -195,6 +195,42 @@ def test_captured_structlog_helper_restores_defaults() -> None:
     assert not structlog.is_configured()
 
 
+@pytest.mark.parametrize("cache", [True, False])
+async def test_the_default_logger_follows_structlogs_caching(cache: bool) -> None:
+    # The default logger is structlog's lazy proxy, bound once at the first task event only
+    # when structlog would cache it itself: without caching, a reconfiguration still counts.
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from observable_tasks.telemetry import instrument
+
+    first, second = io.StringIO(), io.StringIO()
+    manager = TaskManager(TaskConfig(shutdown_timeout=1.0))
+    instrument(manager, tracer_provider=TracerProvider(), registry=CollectorRegistry())
+    try:
+        configure_logging(json=True, stream=first, cache_loggers=cache)
+        task = await manager.create_task(echo_number, 1)
+        await manager.wait_for_task(task.id)
+        configure_logging(json=True, stream=second, cache_loggers=cache)
+        task = await manager.create_task(echo_number, 2)
+        await manager.wait_for_task(task.id)
+    finally:
+        await manager.shutdown(timeout=1.0)
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+    events = [json.loads(line)["event"] for line in first.getvalue().splitlines()]
+    later = [json.loads(line)["event"] for line in second.getvalue().splitlines()]
+    if cache:  # frozen at first use, as structlog's own cache does
+        assert events == ["task.created", "task.completed"] * 2
+        assert later == []
+    else:
+        assert events == later == ["task.created", "task.completed"]
+
+
+async def echo_number(x: int) -> int:
+    return x
+
+
 def _run_failing_task(**logging_options: Any) -> str:
     """Everything a real app writes for one task that raises with a secret in a local."""
     from opentelemetry.sdk.trace import TracerProvider

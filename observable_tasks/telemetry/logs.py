@@ -76,6 +76,10 @@ class TaskLogger(TelemetryPart):
         if started_level not in (_DEBUG, _INFO):
             raise ValueError(f"started_level must be DEBUG or INFO, got {started_level!r}")
         self._log = logger if logger is not None else structlog.get_logger("observable_tasks")
+        # Our own logger is structlog's lazy proxy, which pays a failed attribute lookup and a
+        # bind() on every call; it is swapped for the logger it gives at the first task event
+        # when structlog caches loggers on first use anyway (configure_logging does).
+        self._lazy = logger is None
         self._level = level
         self._started_level = started_level
         self._step = progress_step
@@ -110,7 +114,14 @@ class TaskLogger(TelemetryPart):
             fields[_F.TRACE_ID], fields[_F.SPAN_ID], fields[_F.TRACE_FLAGS] = found
         return fields
 
+    def _bind_lazy(self) -> None:
+        self._lazy = False
+        if structlog.get_config()["cache_logger_on_first_use"]:
+            self._log = self._log.bind()
+
     def on_created(self, task: Task) -> None:
+        if self._lazy:
+            self._bind_lazy()
         if self._level <= _INFO:
             fields = self._fields_outside(task)
             if task._next_wall is not None:  # delay=/eta=: when it may start
@@ -180,6 +191,8 @@ class TaskLogger(TelemetryPart):
     # -- around each execution ---------------------------------------------------------------
 
     def begin(self, task: Task) -> dict[str, Any]:
+        if self._lazy:
+            self._bind_lazy()
         bound: dict[str, Any] = {_F.TASK_ID: task.id, _F.TASK_NAME: task.name}
         self._loop = _get_running_loop()
         ctx = trace.get_current_span().get_span_context()
