@@ -153,7 +153,8 @@ async def test_a_read_older_than_the_task_never_takes_it_back(redis_url: str) ->
         policy = RetryPolicy(max_attempts=2, on=(ValueError,), backoff=60.0, jitter=False)
         task = await manager.create_task(fail_when_let, queue, retry=policy)
         await async_wait_until(lambda: task.status is TaskStatus.RUNNING)
-        raw = redis.Redis.from_url(redis_url).hgetall(Keys(queue).task(task.id))
+        with redis.Redis.from_url(redis_url) as client:
+            raw = client.hgetall(Keys(queue).task(task.id))
         gate.set()
         await async_wait_until(lambda: task.status is TaskStatus.PENDING and task.error)
         original = task.error
